@@ -1,0 +1,1 @@
+"""One raftmq broker node: MQTT codec, sessions, topic index and listeners."""
