@@ -1,0 +1,134 @@
+"""The ``raftmq`` command.
+
+Each subcommand is registered by one ``_add_*_command`` function that builds
+its parser and sets ``handler``; ``main`` only parses and dispatches, so new
+subcommands (``bench``, ``certs``, ``passwd``, ``cluster ...``) touch nothing
+else. Handlers return the process exit code.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version
+
+import uvloop
+from raftmq.node.config import (
+    DEFAULT_LISTEN,
+    KEYS,
+    Config,
+    ConfigError,
+    config_reference_text,
+    load_config,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # what argparse exits with; a bad config is a usage error too
+
+# Config keys that `raftmq node` also takes as flags (--data-dir for data_dir), with metavars.
+NODE_FLAGS = {"listen": "URL", "data_dir": "DIR", "node_id": "ID", "log_level": "LEVEL"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raftmq", description="A clustered MQTT broker.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('raftmq')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_node_command(commands)
+    return parser
+
+
+def _add_node_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    help_of = {key.name: key.help.replace("%", "%%") for key in KEYS}
+    node = commands.add_parser(
+        "node",
+        help="run one broker node",
+        description="Run one broker node until SIGTERM or SIGINT, then shut it down gracefully.\n"
+        f"Without arguments it listens on {DEFAULT_LISTEN} only, and accepts anonymous\n"
+        "clients because nobody else can reach it.",
+        epilog="config file keys (flags win over the file):\n" + config_reference_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    node.add_argument("--config", metavar="FILE", help="TOML file with any of the keys below")
+    for name, metavar in NODE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "listen":
+            node.add_argument(
+                flag,
+                action="append",
+                metavar=metavar,
+                help=f"{help_of[name]} Repeat for several; replaces the file's list.",
+            )
+        else:
+            node.add_argument(flag, metavar=metavar, help=help_of[name])
+    node.set_defaults(handler=_run_node)
+
+
+def node_config(args: argparse.Namespace) -> Config:
+    """The node's config: the file named by --config, with the flags given winning over it."""
+    overrides = {name: getattr(args, name) for name in NODE_FLAGS}
+    return load_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    config = node_config(args)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve_node(config))
+
+
+async def serve_node(config: Config) -> int:
+    """Run a node until SIGTERM or SIGINT, then stop it gracefully; return the exit code.
+
+    A second signal during the graceful stop exits at once, for the operator
+    whose clients hold the shutdown up.
+    """
+    # Imported here so that --help, config errors and the other subcommands
+    # neither pay for nor depend on loading the whole broker.
+    from raftmq.node.broker import Broker
+
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop_requested.is_set():
+            log.warning("%s again: exiting without finishing the shutdown", sig.name)
+            os._exit(EXIT_FAILURE)
+        log.info("%s: shutting down", sig.name)
+        stop_requested.set()
+
+    # Installed before start() so that a signal during startup still stops gracefully.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    broker = Broker(config)
+    try:
+        await broker.start()
+    except OSError as exc:
+        print(f"raftmq: error: cannot start node {config.node_id}: {exc}", file=sys.stderr)
+        await broker.stop()
+        return EXIT_FAILURE
+    try:
+        for url in broker.addresses:
+            print(f"raftmq node {config.node_id} listening on {url}", flush=True)
+        await stop_requested.wait()
+    finally:
+        await broker.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"raftmq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,597 @@
+"""The broker: sessions, subscriptions, retained messages and routing.
+
+Connections hand packets here; the broker decides what they mean for the
+node as a whole. Everything the rest of the cluster must agree on goes
+through ``self.hooks`` (see ``hooks.py``), so the same broker runs alone
+(``LocalCluster``) or as one node of many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+from .config import Config
+from .connection import CLOSED, CONNECTED, PACKET_ID_BYTES, Disconnected, MQTTConnection
+from .hooks import ClusterHooks, ClusterUnavailable, LocalCluster
+from .listeners import open_listener
+from .message import Message
+from .packets import (
+    Connack,
+    Connect,
+    Properties,
+    Puback,
+    Publish,
+    Pubrec,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from .reason_codes import ReasonCode
+from .retained import RetainedStore
+from .session import NEVER_EXPIRES, Delivery, Session, Subscription
+from .stats import Stats
+from .sys_topics import SysPublisher
+from .topics import TopicIndex, parse_shared, topic_levels
+
+log = logging.getLogger("raftmq.broker")
+
+PUBACK_HEADER = b"\x40\x02"
+PUBREC_HEADER = b"\x50\x02"
+RouteKey = tuple[str | None, str]
+
+
+class Broker:
+    """One MQTT node. ``async with Broker(config) as broker:`` runs it in your loop."""
+
+    def __init__(self, config: Config, hooks: ClusterHooks | None = None) -> None:
+        self.config = config
+        self.hooks: ClusterHooks = hooks if hooks is not None else LocalCluster(config.node_id)
+        self.hooks.attach(self)
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[MQTTConnection] = set()
+        self.subscriptions: TopicIndex[str, Subscription] = TopicIndex()
+        self.shared: TopicIndex[tuple[str, str], Subscription] = TopicIndex()
+        self.retained: RetainedStore[Message] = RetainedStore()
+        self.stats = Stats()
+        self.addresses: list[str] = []
+        self._route_refs: dict[RouteKey, int] = {}
+        self._share_cursor: dict[tuple[str, str], int] = {}
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sys = SysPublisher(self)
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.hooks.start()
+        for address in self.config.listen:
+            server, url = await open_listener(self, address)
+            self._servers.append(server)
+            self.addresses.append(url)
+        self._sys.start()
+        log.info("node %s started on %s", self.config.node_id, ", ".join(self.addresses))
+
+    async def stop(self) -> None:
+        """Close listeners, tell v5 clients the server is shutting down (0x8B), then stop.
+
+        A shutdown is not a client failure, so wills are not published and
+        persistent sessions are kept, not ended.
+        """
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self._sys.stop()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        for session in self.sessions.values():
+            for handle in (session.will_handle, session.expiry_handle):
+                if handle is not None:
+                    handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+        await self.hooks.stop()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run cluster bookkeeping that no client waits for, logging its failure."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster update failed: %s", task.exception())
+
+    # -- connections --------------------------------------------------------
+
+    def connection_opened(self, conn: MQTTConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: MQTTConnection, was_connected: bool) -> None:
+        self.connections.discard(conn)
+        if not was_connected:
+            return
+        self.stats.clients_connected -= 1
+        session = conn.session
+        if session is None or session.connection is not conn or self._stopping:
+            return
+        session.connection = None
+        if conn.clean_disconnect:
+            session.will = None
+        elif session.will is not None:
+            self._schedule_will(session)
+        if session.expiry_interval == 0:
+            self._end_session(session)
+        elif session.expiry_interval != NEVER_EXPIRES:
+            session.expiry_handle = asyncio.get_running_loop().call_later(
+                session.expiry_interval, self._end_session, session
+            )
+
+    async def handle_connect(self, conn: MQTTConnection, packet: Connect) -> None:
+        cfg = self.config
+        level = packet.protocol_level
+        props = packet.properties
+        if self.stats.clients_connected >= cfg.max_connections:
+            conn.connack(ReasonCode.SERVER_BUSY)
+        if "authentication_method" in props:
+            conn.connack(ReasonCode.BAD_AUTHENTICATION_METHOD)
+        if not cfg.anonymous_allowed:
+            conn.connack(
+                ReasonCode.NOT_AUTHORIZED
+                if packet.username is None
+                else ReasonCode.BAD_USER_NAME_OR_PASSWORD
+            )
+        client_id = packet.client_id
+        assigned = False
+        if not client_id:
+            if level == 5 or (level == 4 and packet.clean_start):
+                client_id = "raftmq-" + secrets.token_hex(8)
+                assigned = True
+            else:
+                conn.connack(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+        keepalive = packet.keepalive
+        server_keepalive = None
+        if level == 5:
+            if keepalive > cfg.max_keepalive or (keepalive == 0 and cfg.max_keepalive < 0xFFFF):
+                server_keepalive = keepalive = cfg.max_keepalive
+        elif keepalive > cfg.max_keepalive:
+            # MQTT 3 cannot tell the client another keep alive; Mosquitto refuses it so.
+            conn.connack(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+        will = packet.will
+        if will is not None and topic_levels(will.topic) > cfg.max_topic_levels:
+            conn.connack(ReasonCode.TOPIC_NAME_INVALID)
+
+        try:
+            claim = await self.hooks.claim_client(client_id)
+        except ClusterUnavailable:
+            conn.connack(ReasonCode.SERVER_UNAVAILABLE)
+        if conn.state == CLOSED:
+            return
+
+        existing = self.sessions.get(client_id)
+        if existing is not None and existing.connection is not None:
+            existing.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            existing = self.sessions.get(client_id)
+        session_present = False
+        if existing is not None and not packet.clean_start:
+            session = existing
+            session_present = True
+            for handle in (session.expiry_handle, session.will_handle):
+                if handle is not None:
+                    handle.cancel()
+            session.expiry_handle = session.will_handle = None
+        else:
+            if existing is not None:
+                self._end_session(existing)
+            session = Session(
+                client_id,
+                max_queued=cfg.max_queued_messages,
+                overflow_drops_oldest=cfg.queue_overflow == "drop_oldest",
+                queue_qos0=cfg.queue_qos0,
+            )
+            self.sessions[client_id] = session
+        if level == 5:
+            session.expiry_interval = props.get("session_expiry_interval", 0)
+        else:
+            session.expiry_interval = 0 if packet.clean_start else NEVER_EXPIRES
+        session.will = will
+        if will is not None:
+            await self.hooks.register_will(client_id, will)
+
+        conn.client_id = client_id
+        conn.session = session
+        conn.epoch = claim.epoch
+        conn.keepalive = keepalive
+        conn.state = CONNECTED
+        self.stats.clients_connected += 1
+        self.stats.connects += 1
+        connack_props: Properties = {}
+        if level == 5:
+            conn.send_window = min(cfg.max_inflight, props.get("receive_maximum", 0xFFFF))
+            conn.max_outgoing_size = props.get("maximum_packet_size", 0)
+            conn.alias_out_max = min(props.get("topic_alias_maximum", 0), cfg.topic_alias_maximum)
+            conn.problem_info = props.get("request_problem_information", 1) == 1
+            connack_props = {
+                "receive_maximum": cfg.receive_maximum,
+                "maximum_packet_size": cfg.max_packet_size,
+                "topic_alias_maximum": cfg.topic_alias_maximum,
+            }
+            if assigned:
+                connack_props["assigned_client_identifier"] = client_id
+            if server_keepalive is not None:
+                connack_props["server_keep_alive"] = server_keepalive
+        conn.send(Connack(session_present, 0, connack_props))
+        conn.start_keepalive()
+        if session_present:
+            session.resume(conn)
+        else:
+            session.connection = conn
+
+    # -- sessions and wills -------------------------------------------------
+
+    def _schedule_will(self, session: Session) -> None:
+        will = session.will
+        assert will is not None
+        delay = min(will.properties.get("will_delay_interval", 0), session.expiry_interval)
+        if delay <= 0:
+            self._publish_will(session)
+        else:
+            session.will_handle = asyncio.get_running_loop().call_later(
+                delay, self._publish_will, session
+            )
+
+    def _publish_will(self, session: Session) -> None:
+        will = session.will
+        session.will = None
+        session.will_handle = None
+        if will is None:
+            return
+        props = {k: v for k, v in will.properties.items() if k != "will_delay_interval"}
+        message = Message.create(will.topic, will.payload, will.qos, will.retain, props)
+        self.stats.wills_published += 1
+        if will.retain:
+            self._background(self.hooks.set_retained(will.topic, message if will.payload else None))
+        self.route(message)
+        self._background(self.hooks.register_will(session.client_id, None))
+
+    def _end_session(self, session: Session) -> None:
+        """The session is over: a pending delayed will goes now (MQTT 5 §3.1.3.2.2)."""
+        if self.sessions.get(session.client_id) is not session:
+            return
+        if session.expiry_handle is not None:
+            session.expiry_handle.cancel()
+            session.expiry_handle = None
+        if session.will_handle is not None:
+            session.will_handle.cancel()
+            self._publish_will(session)
+        del self.sessions[session.client_id]
+        for sub in session.subscriptions.values():
+            self._remove_subscription(session.client_id, sub)
+        session.subscriptions.clear()
+        session.clear_delivery_state()
+
+    # -- publishing ---------------------------------------------------------
+
+    def handle_publish(
+        self, conn: MQTTConnection, packet: Publish
+    ) -> Coroutine[Any, Any, None] | None:
+        session = conn.session
+        assert session is not None
+        topic = packet.topic
+        props = packet.properties
+        qos = packet.qos
+        if props:
+            alias = props.get("topic_alias")
+            if alias is not None:
+                if alias == 0 or alias > self.config.topic_alias_maximum:
+                    conn.protocol_error(ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {alias}")
+                    return None
+                if topic:
+                    conn.aliases_in[alias] = topic
+                else:
+                    found = conn.aliases_in.get(alias)
+                    if found is None:
+                        conn.protocol_error(
+                            ReasonCode.PROTOCOL_ERROR, f"topic alias {alias} was never set"
+                        )
+                        return None
+                    topic = found
+        if qos:
+            if qos == 2 and packet.packet_id in session.incoming_qos2:
+                conn.send(Pubrec(packet.packet_id))  # a resend: already delivered once
+                return None
+            if (
+                conn.protocol_level == 5
+                and len(session.incoming_qos2) + conn.incoming_pending
+                >= self.config.receive_maximum
+            ):
+                conn.protocol_error(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+                return None
+        if topic_levels(topic) > self.config.max_topic_levels:
+            conn.protocol_error(
+                ReasonCode.TOPIC_NAME_INVALID, f"topic {topic!r} has too many levels"
+            )
+            return None
+        self.stats.messages_received += 1
+        message = Message.create(topic, packet.payload, qos, packet.retain, props, conn.client_id)
+        if packet.retain:
+            return self._publish_retained(conn, packet, message)
+        matched, pending = self.route(message)
+        if qos == 0:
+            return None
+        if pending is not None:
+            return self._ack_after(conn, packet, pending, matched)
+        self._ack(conn, packet, matched)
+        return None
+
+    async def _publish_retained(
+        self, conn: MQTTConnection, packet: Publish, message: Message
+    ) -> None:
+        conn.incoming_pending += 1
+        try:
+            await self.hooks.set_retained(message.topic, message if message.payload else None)
+            matched, pending = self.route(message)
+            if pending is not None:
+                await pending
+        except ClusterUnavailable:
+            conn.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
+            raise Disconnected from None
+        finally:
+            conn.incoming_pending -= 1
+        if packet.qos:
+            self._ack(conn, packet, matched)
+
+    async def _ack_after(
+        self, conn: MQTTConnection, packet: Publish, pending: Awaitable[None], matched: int
+    ) -> None:
+        conn.incoming_pending += 1
+        try:
+            await pending
+        except ClusterUnavailable:
+            conn.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
+            raise Disconnected from None
+        finally:
+            conn.incoming_pending -= 1
+        self._ack(conn, packet, matched or 1)
+
+    def _ack(self, conn: MQTTConnection, packet: Publish, matched: int) -> None:
+        pid = packet.packet_id
+        assert pid is not None
+        if packet.qos == 2:
+            assert conn.session is not None
+            conn.session.incoming_qos2.add(pid)
+        if matched or conn.protocol_level != 5:
+            if conn.transport is not None:
+                header = PUBACK_HEADER if packet.qos == 1 else PUBREC_HEADER
+                conn.transport.write(header + PACKET_ID_BYTES[pid])
+            return
+        ack = Puback if packet.qos == 1 else Pubrec
+        conn.send(ack(pid, ReasonCode.NO_MATCHING_SUBSCRIBERS))
+
+    def route(self, message: Message) -> tuple[int, Awaitable[None] | None]:
+        """Deliver to local subscribers and forward to other nodes that want it."""
+        matched = self.deliver_local(message)
+        return matched, self.hooks.forward(message)
+
+    def deliver_local(self, message: Message) -> int:
+        """Deliver to this node's subscribers; returns how many sessions got it."""
+        topic = message.topic
+        entries = self.subscriptions.match(topic)
+        delivered = 0
+        if entries:
+            if len(entries) == 1:
+                _, client_id, sub = entries[0]
+                delivered = self._deliver_one(message, client_id, sub)
+            else:
+                delivered = self._deliver_overlapping(message, entries)
+        if len(self.shared):
+            shared = self.shared.match(topic)
+            if shared:
+                delivered += self._deliver_shared(message, shared)
+        return delivered
+
+    def _deliver_one(self, message: Message, client_id: str, sub: Subscription) -> int:
+        if sub.no_local and client_id == message.publisher:
+            return 0
+        session = self.sessions.get(client_id)
+        if session is None:
+            return 0
+        qos = message.qos if message.qos < sub.qos else sub.qos
+        retain = message.retain and sub.retain_as_published
+        ids = (sub.identifier,) if sub.identifier is not None else ()
+        if not session.deliver(Delivery(message, qos, retain, ids)):
+            self.stats.messages_dropped += 1
+        return 1
+
+    def _deliver_overlapping(
+        self, message: Message, entries: tuple[tuple[str, str, Subscription], ...]
+    ) -> int:
+        """One copy per client at the highest granted QoS, with every subscription id."""
+        per_client: dict[str, list[Any]] = {}
+        publisher = message.publisher
+        for _, client_id, sub in entries:
+            if sub.no_local and client_id == publisher:
+                continue
+            plan = per_client.get(client_id)
+            if plan is None:
+                plan = per_client[client_id] = [0, False, []]
+            if sub.qos > plan[0]:
+                plan[0] = sub.qos
+            plan[1] = plan[1] or sub.retain_as_published
+            if sub.identifier is not None:
+                plan[2].append(sub.identifier)
+        delivered = 0
+        for client_id, (sub_qos, rap, ids) in per_client.items():
+            session = self.sessions.get(client_id)
+            if session is None:
+                continue
+            qos = message.qos if message.qos < sub_qos else sub_qos
+            delivery = Delivery(message, qos, message.retain and rap, tuple(sorted(ids)))
+            if not session.deliver(delivery):
+                self.stats.messages_dropped += 1
+            delivered += 1
+        return delivered
+
+    def _deliver_shared(
+        self, message: Message, entries: tuple[tuple[str, tuple[str, str], Subscription], ...]
+    ) -> int:
+        """Each matching share group gets one copy, round robin, preferring online members."""
+        groups: dict[tuple[str, str], list[tuple[str, Subscription]]] = {}
+        for topic_filter, (group, client_id), sub in entries:
+            groups.setdefault((group, topic_filter), []).append((client_id, sub))
+        delivered = 0
+        for key, members in groups.items():
+            start = self._share_cursor.get(key, 0)
+            count = len(members)
+            chosen = members[start % count]
+            for offset in range(count):
+                client_id, sub = members[(start + offset) % count]
+                session = self.sessions.get(client_id)
+                if session is not None and session.connection is not None:
+                    chosen = (client_id, sub)
+                    start += offset
+                    break
+            self._share_cursor[key] = start + 1
+            delivered += self._deliver_one(message, chosen[0], chosen[1])
+        return delivered
+
+    # -- subscriptions ------------------------------------------------------
+
+    async def handle_subscribe(self, conn: MQTTConnection, packet: Subscribe) -> None:
+        session = conn.session
+        assert session is not None
+        cfg = self.config
+        level = conn.protocol_level
+        identifiers = packet.properties.get("subscription_identifier")
+        identifier = identifiers[0] if identifiers else None
+        codes: list[int] = []
+        retained_for: list[Subscription] = []
+        for full_filter, opts in packet.subscriptions:
+            shared = parse_shared(full_filter)
+            if shared is not None and opts.no_local:
+                conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription")
+                raise Disconnected
+            if topic_levels(full_filter) > cfg.max_topic_levels:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if level == 5 else 0x80)
+                continue
+            group, topic_filter = shared if shared is not None else (None, full_filter)
+            sub = Subscription(
+                topic_filter,
+                opts.qos,
+                opts.no_local,
+                opts.retain_as_published,
+                opts.retain_handling,
+                identifier,
+                group,
+            )
+            existed = full_filter in session.subscriptions
+            try:
+                await self._add_subscription(session.client_id, sub)
+            except ClusterUnavailable:
+                codes.append(ReasonCode.UNSPECIFIED_ERROR)
+                continue
+            session.subscriptions[full_filter] = sub
+            codes.append(opts.qos)
+            if group is None and (
+                opts.retain_handling == 0 or (opts.retain_handling == 1 and not existed)
+            ):
+                retained_for.append(sub)
+        self.stats.subscribes += 1
+        conn.send(Suback(packet.packet_id, codes))
+        now = time.monotonic()
+        for sub in retained_for:
+            ids = (sub.identifier,) if sub.identifier is not None else ()
+            for _, message in self.retained.match(sub.topic_filter):
+                if message.expired(now):
+                    continue
+                qos = message.qos if message.qos < sub.qos else sub.qos
+                session.deliver(Delivery(message, qos, True, ids))
+
+    async def handle_unsubscribe(self, conn: MQTTConnection, packet: Unsubscribe) -> None:
+        session = conn.session
+        assert session is not None
+        codes: list[int] = []
+        for full_filter in packet.topic_filters:
+            sub = session.subscriptions.pop(full_filter, None)
+            if sub is None:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+                continue
+            self._remove_subscription(session.client_id, sub)
+            codes.append(ReasonCode.SUCCESS)
+        conn.send(Unsuback(packet.packet_id, codes))
+
+    async def _add_subscription(self, client_id: str, sub: Subscription) -> None:
+        key: RouteKey = (sub.share_group, sub.topic_filter)
+        refs = self._route_refs.get(key, 0)
+        if refs == 0:
+            await self.hooks.add_route(sub.topic_filter, sub.share_group)
+        if sub.share_group is None:
+            added = self.subscriptions.add(sub.topic_filter, client_id, sub)
+        else:
+            added = self.shared.add(sub.topic_filter, (sub.share_group, client_id), sub)
+        if added:
+            self._route_refs[key] = refs + 1
+
+    def _remove_subscription(self, client_id: str, sub: Subscription) -> None:
+        if sub.share_group is None:
+            removed = self.subscriptions.remove(sub.topic_filter, client_id)
+        else:
+            removed = self.shared.remove(sub.topic_filter, (sub.share_group, client_id))
+        if not removed:
+            return
+        key: RouteKey = (sub.share_group, sub.topic_filter)
+        refs = self._route_refs[key] - 1
+        if refs:
+            self._route_refs[key] = refs
+        else:
+            del self._route_refs[key]
+            self._background(self.hooks.remove_route(sub.topic_filter, sub.share_group))
+
+    # -- NodeEvents (called by the cluster) ---------------------------------
+
+    def kick_client(self, client_id: str, epoch: int) -> None:
+        session = self.sessions.get(client_id)
+        if session is None or session.connection is None:
+            return
+        if session.connection.epoch < epoch:
+            session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+
+    def deliver_forwarded(self, message: Message) -> None:
+        self.deliver_local(message)
+
+    def apply_retained(self, topic: str, message: Message | None) -> None:
+        if message is None:
+            self.retained.delete(topic)
+        else:
+            self.retained.set(topic, message)
+
+    def publish_local(self, topic: str, payload: bytes, retain: bool) -> None:
+        """A message the node itself makes ($SYS); kept on this node, never replicated."""
+        message = Message.create(topic, payload, 0, retain)
+        if retain:
+            self.apply_retained(topic, message)
+        self.deliver_local(message)

@@ -1,0 +1,402 @@
+"""One client's network connection: the asyncio driver around the codec.
+
+Bytes go into the sans-I/O ``Decoder``; packets come out and are handled in
+order. Most packets (PUBLISH without retain, acks, pings) are handled
+synchronously inside ``data_received`` so the hot path creates no task. A
+packet that needs the cluster (CONNECT, SUBSCRIBE, a retained PUBLISH, a
+publish whose QoS ack must wait for other nodes) runs as one task, and reading
+pauses until it is done so packets keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from .codec import Decoder, MQTTProtocolError, encode, encode_publish_parts
+from .hooks import ClusterUnavailable
+from .packets import (
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+)
+from .reason_codes import ReasonCode, connack_code_for
+from .session import Delivery, Session
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("raftmq.connection")
+
+CONNECTING, CONNECTED, CLOSED = 0, 1, 2
+PACKET_ID_BYTES = [i.to_bytes(2, "big") for i in range(0x10000)]
+PINGRESP_BYTES = b"\xd0\x00"
+
+
+class Disconnected(Exception):
+    """Handling a packet ended the connection; stop processing what follows."""
+
+
+class MQTTConnection(asyncio.Protocol):
+    def __init__(self, broker: Broker, listener: str) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.decoder = Decoder(max_packet_size=broker.config.max_packet_size)
+        self.state = CONNECTING
+        self.protocol_level = 4
+        self.client_id = ""
+        self.session: Session | None = None
+        self.epoch = 0
+        self.keepalive = 0
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.write_paused = False
+        self.send_window = broker.config.max_inflight
+        self.max_outgoing_size = 0
+        self.problem_info = True
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
+        self.alias_out_max = 0
+        self.incoming_pending = 0
+        self.clean_disconnect = False
+        self.peer = "?"
+        self._backlog: deque[Packet] = deque()
+        self._busy = False
+        self._handlers: dict[type, Callable[[Any], Coroutine[Any, Any, None] | None]] = {
+            Publish: self.on_publish,
+            Puback: self.on_puback,
+            Pubrec: self.on_pubrec,
+            Pubrel: self.on_pubrel,
+            Pubcomp: self.on_pubcomp,
+            Subscribe: self.on_subscribe,
+            Unsubscribe: self.on_unsubscribe,
+            Pingreq: self.on_pingreq,
+            Disconnect: self.on_disconnect,
+            Connect: self.on_connect,
+            Auth: self.on_auth,
+        }
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.last_activity = self.loop.time()
+        self.timer = self.loop.call_later(self.config.connect_timeout, self._connect_timed_out)
+        self.broker.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        self.broker.stats.bytes_received += len(data)
+        try:
+            packets = self.decoder.feed(data)
+        except MQTTProtocolError as exc:
+            self.protocol_error(exc.reason_code, str(exc))
+            return
+        if self._busy:
+            self._backlog.extend(packets)
+            return
+        for index, packet in enumerate(packets):
+            if self.state == CLOSED:
+                return
+            pending = self._dispatch(packet)
+            if pending is not None:
+                self._backlog.extend(packets[index + 1 :])
+                self._run_async(pending)
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.session is not None and self.session.connection is self:
+            self.session.drain()
+
+    # -- packet dispatch ----------------------------------------------------
+
+    def _dispatch(self, packet: Packet) -> Coroutine[Any, Any, None] | None:
+        if self.state == CONNECTING and not isinstance(packet, Connect):
+            self.protocol_error(ReasonCode.PROTOCOL_ERROR, f"{packet.type.name} before CONNECT")
+            return None
+        return self._handlers[type(packet)](packet)
+
+    def _run_async(self, work: Coroutine[Any, Any, None]) -> None:
+        self._busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.loop.create_task(self._finish_async(work))
+
+    async def _finish_async(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Disconnected:
+            return
+        except Exception:
+            log.exception("client %r: internal error", self.client_id)
+            self.disconnect(ReasonCode.UNSPECIFIED_ERROR, "internal error")
+            return
+        while self._backlog and self.state != CLOSED:
+            pending = self._dispatch(self._backlog.popleft())
+            if pending is not None:
+                try:
+                    await pending
+                except Disconnected:
+                    return
+        self._busy = False
+        if self.state != CLOSED and self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- writing ------------------------------------------------------------
+
+    def send(self, packet: Packet) -> None:
+        if self.transport is None or self.state == CLOSED:
+            return
+        data = encode(packet, self.protocol_level)
+        self.broker.stats.bytes_sent += len(data)
+        self.transport.write(data)
+
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> None:
+        transport = self.transport
+        if transport is None or self.state == CLOSED:
+            return
+        message = delivery.message
+        qos = delivery.qos
+        if self.protocol_level == 5 and (
+            delivery.subscription_ids or self.alias_out_max or message.expires_at is not None
+        ):
+            head, tail = self._encode_v5_publish(delivery)
+        else:
+            head, tail = message.encoded(self.protocol_level, qos, delivery.retain)
+        size = len(head) + len(tail) + (2 if qos else 0)
+        if self.max_outgoing_size and size > self.max_outgoing_size:
+            # MQTT 5 §3.1.2.11.4: too large for this client, so it is discarded
+            # as if it had been delivered.
+            if packet_id is not None and self.session is not None:
+                self.session.acknowledge(packet_id, qos)
+            return
+        if dup:
+            head = bytes((head[0] | 0x08,)) + head[1:]
+        stats = self.broker.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        if packet_id is None:
+            transport.writelines((head, tail))
+        else:
+            transport.writelines((head, PACKET_ID_BYTES[packet_id], tail))
+
+    def _encode_v5_publish(self, delivery: Delivery) -> tuple[bytes, bytes]:
+        message = delivery.message
+        props: Properties = message.remaining_properties(time.monotonic())
+        topic = message.topic
+        extra: Properties = {}
+        if delivery.subscription_ids:
+            extra["subscription_identifier"] = list(delivery.subscription_ids)
+        if self.alias_out_max:
+            alias = self.aliases_out.get(topic)
+            if alias is not None:
+                extra["topic_alias"] = alias
+                topic = ""
+            elif len(self.aliases_out) < self.alias_out_max:
+                alias = len(self.aliases_out) + 1
+                self.aliases_out[topic] = alias
+                extra["topic_alias"] = alias
+        if extra:
+            props = {**props, **extra}
+        return encode_publish_parts(
+            topic, message.payload, delivery.qos, delivery.retain, False, props, 5
+        )
+
+    def send_pubrel(self, packet_id: int) -> None:
+        self.send(Pubrel(packet_id))
+
+    def problem(self, reason: str) -> Properties:
+        """A reason string, when the client asked for problem information."""
+        return {"reason_string": reason} if self.problem_info and self.protocol_level == 5 else {}
+
+    # -- ending the connection ----------------------------------------------
+
+    def protocol_error(self, reason: int, detail: str) -> None:
+        """A malformed or forbidden packet: tell a v5 client why, then close."""
+        log.info("client %r (%s): %s", self.client_id, self.peer, detail)
+        self.broker.stats.protocol_errors += 1
+        if self.state == CONNECTING:
+            if reason == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
+                level = self.decoder.protocol_level or 4
+                self.protocol_level = level if level in (3, 4, 5) else 4
+                code = connack_code_for(
+                    self.protocol_level, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
+                )
+                self.send(Connack(False, code))
+            elif self.decoder.protocol_level == 5:
+                self.protocol_level = 5
+                self.send(Connack(False, reason))
+            self.close()
+            return
+        self.disconnect(reason, detail)
+
+    def disconnect(self, reason: int, detail: str = "") -> None:
+        """Server-initiated close: v5 clients get a DISCONNECT with ``reason`` first."""
+        if self.state == CLOSED:
+            return
+        if self.protocol_level == 5 and self.state == CONNECTED:
+            props = self.problem(detail) if detail else {}
+            self.send(Disconnect(reason, props))
+        self.close()
+
+    def close(self) -> None:
+        """Close now; what is already written still goes out before the socket closes."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._closed()
+
+    def _closed(self) -> None:
+        """Forget this connection, once, whether the client or the server closed it."""
+        if self.state == CLOSED:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        was_connected = self.state == CONNECTED
+        self.state = CLOSED
+        self._backlog.clear()
+        self.broker.connection_closed(self, was_connected)
+
+    def _connect_timed_out(self) -> None:
+        self.timer = None
+        if self.state == CONNECTING:
+            log.info(
+                "client at %s sent no CONNECT within %ss", self.peer, self.config.connect_timeout
+            )
+            self.close()
+
+    def _keepalive_check(self) -> None:
+        self.timer = None
+        if self.state != CONNECTED:
+            return
+        limit = self.keepalive * 1.5
+        idle = self.loop.time() - self.last_activity
+        if idle >= limit:
+            log.info("client %r: keepalive expired after %.1fs", self.client_id, idle)
+            self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+        else:
+            self.timer = self.loop.call_later(limit - idle, self._keepalive_check)
+
+    def start_keepalive(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.keepalive:
+            self.timer = self.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
+
+    # -- handlers -----------------------------------------------------------
+
+    def on_connect(self, packet: Connect) -> Coroutine[Any, Any, None] | None:
+        if self.state != CONNECTING:
+            self.protocol_error(ReasonCode.PROTOCOL_ERROR, "second CONNECT")
+            return None
+        self.protocol_level = packet.protocol_level
+        return self.broker.handle_connect(self, packet)
+
+    def on_auth(self, packet: Auth) -> None:
+        # We never start enhanced authentication, so an AUTH is always out of turn.
+        self.protocol_error(ReasonCode.PROTOCOL_ERROR, "AUTH without an authentication method")
+
+    def on_pingreq(self, packet: Pingreq) -> None:
+        if self.transport is not None:
+            self.transport.write(PINGRESP_BYTES)
+
+    def on_publish(self, packet: Publish) -> Coroutine[Any, Any, None] | None:
+        return self.broker.handle_publish(self, packet)
+
+    def on_puback(self, packet: Puback) -> None:
+        if self.session is not None:
+            self.session.acknowledge(packet.packet_id, 1)
+
+    def on_pubrec(self, packet: Pubrec) -> None:
+        session = self.session
+        if session is None:
+            return
+        if packet.reason_code >= 0x80:
+            # The client refused the message: the exchange ends here (MQTT 5 §4.3.3).
+            session.acknowledge(packet.packet_id, 2)
+        elif session.received(packet.packet_id):
+            self.send_pubrel(packet.packet_id)
+        else:
+            self.send(Pubrel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+
+    def on_pubrel(self, packet: Pubrel) -> None:
+        session = self.session
+        if session is None:
+            return
+        if packet.packet_id in session.incoming_qos2:
+            session.incoming_qos2.discard(packet.packet_id)
+            self.send(Pubcomp(packet.packet_id))
+        else:
+            self.send(Pubcomp(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+
+    def on_pubcomp(self, packet: Pubcomp) -> None:
+        if self.session is not None:
+            self.session.acknowledge(packet.packet_id, 2)
+
+    def on_subscribe(self, packet: Subscribe) -> Coroutine[Any, Any, None]:
+        return self.broker.handle_subscribe(self, packet)
+
+    def on_unsubscribe(self, packet: Unsubscribe) -> Coroutine[Any, Any, None]:
+        return self.broker.handle_unsubscribe(self, packet)
+
+    def on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        if session is not None and self.protocol_level == 5:
+            expiry = packet.properties.get("session_expiry_interval")
+            if expiry is not None:
+                if session.expiry_interval == 0 and expiry != 0:
+                    # MQTT 5 §3.14.2.2.2: a session that was to end cannot be revived here.
+                    self.protocol_error(
+                        ReasonCode.PROTOCOL_ERROR, "session expiry set at DISCONNECT after 0"
+                    )
+                    return
+                session.expiry_interval = expiry
+        self.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
+        self.close()
+
+    # -- used by the broker -------------------------------------------------
+
+    def connack(self, reason: ReasonCode, properties: Properties | None = None) -> None:
+        """Refuse the CONNECT with ``reason`` and close."""
+        code = connack_code_for(self.protocol_level, reason)
+        props = properties if properties is not None else self.problem(reason.name.lower())
+        self.send(Connack(False, code, props if self.protocol_level == 5 else {}))
+        self.close()
+        raise Disconnected
+
+    async def await_then(self, pending: Awaitable[None], then: Callable[[], None]) -> None:
+        try:
+            await pending
+        except ClusterUnavailable:
+            self.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
+            raise Disconnected from None
+        then()

@@ -1,0 +1,134 @@
+"""The one boundary between a node and the cluster it belongs to.
+
+A node never decides alone who owns a client id, which nodes want a topic, or
+what is retained: it asks its ``ClusterHooks``. ``LocalCluster`` answers for a
+cluster of one, in process, without I/O. ``raftmq.cluster`` provides the
+replicated implementation; ``node/`` never imports it.
+
+The cluster talks back through ``NodeEvents``, which the broker implements:
+kick a client that connected elsewhere, deliver a publish forwarded by a peer,
+apply a retained message committed anywhere in the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .message import Message
+from .packets import Will
+
+
+class ClusterUnavailable(Exception):
+    """The cluster could not commit a change in time (no quorum, partitioned).
+
+    The node answers the client with "server unavailable" (v5 0x88, v3 rc 3).
+    """
+
+
+@dataclass(slots=True, frozen=True)
+class Claim:
+    """The result of claiming a client id: who owned it before, and our epoch."""
+
+    epoch: int
+    previous_owner: str | None
+
+
+class NodeEvents(Protocol):
+    """What the cluster asks of the node."""
+
+    def kick_client(self, client_id: str, epoch: int) -> None:
+        """Another node (or a newer epoch here) now owns ``client_id``."""
+
+    def deliver_forwarded(self, message: Message) -> None:
+        """A publish from another node whose topic matches our subscribers."""
+
+    def apply_retained(self, topic: str, message: Message | None) -> None:
+        """A retained message was set (or cleared, with None) cluster-wide."""
+
+
+class ClusterHooks(Protocol):
+    """What the node asks of the cluster. Every change is committed before it returns."""
+
+    node_id: str
+
+    def attach(self, node: NodeEvents) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def claim_client(self, client_id: str) -> Claim: ...
+
+    async def release_client(self, client_id: str, epoch: int) -> None: ...
+
+    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+        """The first local subscriber of ``topic_filter`` (in ``share_group``) appeared here."""
+
+    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+        """The last local subscriber of ``topic_filter`` (in ``share_group``) went away."""
+
+    async def set_retained(self, topic: str, message: Message | None) -> None: ...
+
+    async def register_will(self, client_id: str, will: Will | None) -> None:
+        """Record (or, with None, clear) a client's will so a peer can publish it."""
+
+    def forward(self, message: Message) -> Awaitable[None] | None:
+        """Send ``message`` to every other node with matching routes.
+
+        Returns an awaitable that completes when every target node has taken
+        the message, or None when no other node wants it (the common case for
+        a cluster of one, kept allocation-free on the hot path).
+        """
+
+
+class LocalCluster:
+    """A cluster of one node: every commit is immediate and local."""
+
+    def __init__(self, node_id: str = "node1") -> None:
+        self.node_id = node_id
+        self._node: NodeEvents | None = None
+        self._epochs: dict[str, int] = {}
+        self._owners: dict[str, str] = {}
+        self.routes: set[tuple[str | None, str]] = set()
+        self.wills: dict[str, Will] = {}
+
+    def attach(self, node: NodeEvents) -> None:
+        self._node = node
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def claim_client(self, client_id: str) -> Claim:
+        epoch = self._epochs.get(client_id, 0) + 1
+        self._epochs[client_id] = epoch
+        previous = self._owners.get(client_id)
+        self._owners[client_id] = self.node_id
+        return Claim(epoch, previous)
+
+    async def release_client(self, client_id: str, epoch: int) -> None:
+        if self._epochs.get(client_id) == epoch:
+            self._owners.pop(client_id, None)
+
+    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+        self.routes.add((share_group, topic_filter))
+
+    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+        self.routes.discard((share_group, topic_filter))
+
+    async def set_retained(self, topic: str, message: Message | None) -> None:
+        assert self._node is not None, "LocalCluster used before attach()"
+        self._node.apply_retained(topic, message)
+
+    async def register_will(self, client_id: str, will: Will | None) -> None:
+        if will is None:
+            self.wills.pop(client_id, None)
+        else:
+            self.wills[client_id] = will
+
+    def forward(self, message: Message) -> Awaitable[None] | None:
+        return None

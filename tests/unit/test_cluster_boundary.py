@@ -1,0 +1,194 @@
+"""The node reaches the cluster only through ClusterHooks.
+
+A recording implementation stands in for the cluster, and an in-process
+broker is driven by a real socket client: claims, route changes, retained
+writes, wills and forwarding must all show up as calls on the hooks.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+
+import pytest
+
+from raftmq.node.broker import Broker
+from raftmq.node.codec import Decoder, encode
+from raftmq.node.config import default_config, parse_listen
+from raftmq.node.hooks import Claim, ClusterUnavailable, LocalCluster
+from raftmq.node.message import Message
+from raftmq.node.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Puback,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionOptions,
+    Unsubscribe,
+    Will,
+)
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "node"
+
+
+class RecordingCluster(LocalCluster):
+    """LocalCluster that logs every call, can refuse claims, and can hold forwards."""
+
+    def __init__(self) -> None:
+        super().__init__("n1")
+        self.calls: list[tuple[object, ...]] = []
+        self.unavailable = False
+        self.forward_gate: asyncio.Future[None] | None = None
+
+    async def claim_client(self, client_id: str) -> Claim:
+        self.calls.append(("claim", client_id))
+        if self.unavailable:
+            raise ClusterUnavailable("no quorum")
+        return await super().claim_client(client_id)
+
+    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+        self.calls.append(("add_route", topic_filter, share_group))
+        await super().add_route(topic_filter, share_group)
+
+    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+        self.calls.append(("remove_route", topic_filter, share_group))
+        await super().remove_route(topic_filter, share_group)
+
+    async def set_retained(self, topic: str, message: Message | None) -> None:
+        self.calls.append(("set_retained", topic, None if message is None else message.payload))
+        await super().set_retained(topic, message)
+
+    async def register_will(self, client_id: str, will: Will | None) -> None:
+        self.calls.append(("register_will", client_id, None if will is None else will.topic))
+        await super().register_will(client_id, will)
+
+    def forward(self, message: Message) -> Awaitable[None] | None:
+        self.calls.append(("forward", message.topic))
+        return self.forward_gate
+
+
+class Client:
+    """A minimal MQTT client over a real socket, using the project's codec."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = Decoder(protocol_level=5)
+        self.pending: list[Packet] = []
+
+    @classmethod
+    async def connect(cls, port: int, client_id: str, **kw: object) -> tuple[Client, Connack]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        client.send(Connect(client_id, protocol_level=5, **kw))  # type: ignore[arg-type]
+        connack = await client.receive()
+        assert isinstance(connack, Connack)
+        return client, connack
+
+    def send(self, packet: Packet) -> None:
+        self.writer.write(encode(packet, 5))
+
+    async def receive(self, timeout: float = 5.0) -> Packet:
+        while not self.pending:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise ConnectionError("closed by broker")
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[tuple[Broker, RecordingCluster, int]]:
+    config = default_config()
+    config.listen = [parse_listen("tcp://127.0.0.1:0")]
+    config.sys_interval = 0
+    cluster = RecordingCluster()
+    async with Broker(config, cluster) as broker:
+        port = int(broker.addresses[0].rsplit(":", 1)[1])
+        yield broker, cluster, port
+
+
+async def test_connect_claims_and_registers_will(node: tuple[Broker, RecordingCluster, int]):
+    _, cluster, port = node
+    client, connack = await Client.connect(port, "c1", will=Will("w/c1", b"gone"))
+    assert connack.reason_code == 0
+    assert ("claim", "c1") in cluster.calls
+    assert ("register_will", "c1", "w/c1") in cluster.calls
+    await client.close()
+
+
+async def test_claim_refused_gives_server_unavailable(node: tuple[Broker, RecordingCluster, int]):
+    _, cluster, port = node
+    cluster.unavailable = True
+    client, connack = await Client.connect(port, "c2")
+    assert connack.reason_code == 0x88
+    await client.close()
+
+
+async def test_routes_follow_first_and_last_local_subscriber(
+    node: tuple[Broker, RecordingCluster, int],
+):
+    _, cluster, port = node
+    a, _ = await Client.connect(port, "a")
+    b, _ = await Client.connect(port, "b")
+    for client in (a, b):
+        client.send(Subscribe(1, [("t/+", SubscriptionOptions(qos=1))]))
+        assert isinstance(await client.receive(), Suback)
+    assert cluster.calls.count(("add_route", "t/+", None)) == 1
+    a.send(Unsubscribe(2, ["t/+"]))
+    await a.receive()
+    assert ("remove_route", "t/+", None) not in cluster.calls
+    b.send(Unsubscribe(2, ["t/+"]))
+    await b.receive()
+    await asyncio.sleep(0.05)  # route removal is background bookkeeping
+    assert ("remove_route", "t/+", None) in cluster.calls
+    await a.close()
+    await b.close()
+
+
+async def test_retained_write_goes_through_hooks(node: tuple[Broker, RecordingCluster, int]):
+    broker, cluster, port = node
+    client, _ = await Client.connect(port, "r")
+    client.send(Publish("keep/me", b"v", qos=1, retain=True, packet_id=7))
+    ack = await client.receive()
+    assert isinstance(ack, Puback) and ack.packet_id == 7
+    assert ("set_retained", "keep/me", b"v") in cluster.calls
+    assert broker.retained.get("keep/me") is not None
+    await client.close()
+
+
+async def test_qos1_ack_waits_for_forwarding(node: tuple[Broker, RecordingCluster, int]):
+    _, cluster, port = node
+    cluster.forward_gate = asyncio.get_running_loop().create_future()
+    client, _ = await Client.connect(port, "p")
+    client.send(Publish("remote/topic", b"x", qos=1, packet_id=3))
+    with pytest.raises(asyncio.TimeoutError):
+        await client.receive(timeout=0.3)
+    assert ("forward", "remote/topic") in cluster.calls
+    cluster.forward_gate.set_result(None)
+    ack = await client.receive()
+    assert isinstance(ack, Puback) and ack.packet_id == 3 and ack.reason_code == 0
+    client.send(Disconnect())
+    await client.close()
+
+
+def test_node_never_imports_cluster() -> None:
+    """The boundary is one-way: nothing under node/ may import raftmq.cluster."""
+    offenders = []
+    for path in NODE_DIR.glob("*.py"):
+        for item in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(item, ast.Import):
+                names = [alias.name for alias in item.names]
+            elif isinstance(item, ast.ImportFrom):
+                names = [item.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("raftmq.cluster")]
+    assert offenders == []
