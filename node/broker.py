@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Coroutine
@@ -71,6 +72,7 @@ class Broker:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
         await self.hooks.start()
         for address in self.config.listen:
             server, url = await open_listener(self, address)

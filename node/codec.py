@@ -168,7 +168,7 @@ def _read_str(mv: memoryview, off: int, end: int, ctx: str, field: str) -> tuple
         raise _truncated(ctx, field)
     try:
         # Strict UTF-8 also rejects encoded surrogates [MQTT-1.5.4-1].
-        text = str(mv[off + 2 : stop], "utf-8")
+        text = mv[off + 2 : stop].tobytes().decode()
     except UnicodeDecodeError:
         raise MQTTProtocolError(_MALFORMED, f"{ctx}: {field} is not valid UTF-8") from None
     if "\x00" in text:  # [MQTT-1.5.4-2]
@@ -180,7 +180,7 @@ def _read_bin(mv: memoryview, off: int, end: int, ctx: str, field: str) -> tuple
     stop = off + 2 + _read_u16(mv, off, end, ctx, field)
     if stop > end:
         raise _truncated(ctx, field)
-    return bytes(mv[off + 2 : stop]), stop
+    return mv[off + 2 : stop].tobytes(), stop
 
 
 def _read_varint(mv: memoryview, off: int, end: int, ctx: str, field: str) -> tuple[int, int]:
@@ -487,7 +487,7 @@ def _decode_publish(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
     if stop > end:
         raise _truncated("PUBLISH", "topic name")
     try:
-        topic = str(mv[off + 2 : stop], "utf-8")
+        topic = mv[off + 2 : stop].tobytes().decode()
     except UnicodeDecodeError:
         raise MQTTProtocolError(_MALFORMED, "PUBLISH: topic name is not valid UTF-8") from None
     off = stop
@@ -518,7 +518,13 @@ def _decode_publish(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
     elif "topic_alias" not in props:
         raise MQTTProtocolError(_PROTOCOL, "PUBLISH: empty topic name without a topic alias")
     return Publish(
-        topic, bytes(mv[off:end]), qos, bool(b0 & 0x01), bool(b0 & 0x08), packet_id, props
+        topic,
+        mv[off:end].tobytes(),
+        qos,
+        (b0 & 0x01) == 0x01,
+        (b0 & 0x08) == 0x08,
+        packet_id,
+        props,
     )
 
 
@@ -782,10 +788,11 @@ class Decoder:
                 del buf[:pos]
             else:
                 # Common case: parse the caller's bytes in place, keep only a tail.
-                with memoryview(data) as mv:
-                    pos = self._parse(mv, packets)
-                    if pos < len(mv):
-                        buf += mv[pos:]
+                # No explicit release: nothing resizes ``data`` while we hold it.
+                mv = memoryview(data)
+                pos = self._parse(mv, packets)
+                if pos < len(mv):
+                    buf += mv[pos:]
         except MQTTProtocolError as exc:
             self._failure = exc
             raise

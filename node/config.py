@@ -116,7 +116,7 @@ class _Rule:
     le: float | None = None
     choices: tuple[str, ...] = ()
     pattern: str | None = None
-    allowed: str = ""  # what the pattern accepts, or a check done by the type's parser
+    allowed: str = ""  # what the pattern accepts
 
     def text(self) -> str:
         """The allowed values, as shown in help and docs."""
@@ -164,7 +164,6 @@ class Config:
         metadata=_rule(
             help="Addresses clients connect to: tcp://HOST:PORT or ws://HOST:PORT/PATH "
             f"(WebSocket path defaults to {DEFAULT_WS_PATH}). Port 0 picks a free port.",
-            allowed="tcp:// or ws:// URLs with host and port, at least one",
         ),
     )
     data_dir: str = field(
@@ -188,7 +187,6 @@ class Config:
         metadata=_rule(
             help="Accept clients without credentials. Unset: only when every listener "
             "is on a loopback address.",
-            allowed="true or false",
         ),
     )
     max_packet_size: int = field(
@@ -368,14 +366,19 @@ def _as_listen(value: object) -> list[ListenAddress]:
     return addresses
 
 
-# How each annotation in Config is read from raw values, and named in the docs.
-_TYPES: dict[object, tuple[str, Callable[[object], object]]] = {
-    int: ("integer", _as_int),
-    float: ("number", _as_float),
-    str: ("string", _as_str),
-    bool: ("boolean", _as_bool),
-    bool | None: ("boolean", _as_optional_bool),
-    list[ListenAddress]: ("URL or array of URLs", _as_listen),
+# How each annotation in Config is read from raw values, named in the docs, and
+# what it accepts when the key adds no check of its own.
+_TYPES: dict[object, tuple[str, Callable[[object], object], str]] = {
+    int: ("integer", _as_int, "any integer"),
+    float: ("number", _as_float, "any finite number"),
+    str: ("string", _as_str, "any string"),
+    bool: ("boolean", _as_bool, "true or false"),
+    bool | None: ("boolean", _as_optional_bool, "true or false"),
+    list[ListenAddress]: (
+        "URL or array of URLs",
+        _as_listen,
+        "tcp:// or ws:// URLs with host and port, at least one",
+    ),
 }
 
 
@@ -415,7 +418,7 @@ KEYS: tuple[KeyInfo, ...] = tuple(
         name=f.name,
         type=_TYPES[f.type][0],
         default=_toml_literal(_default_of(f)),
-        check=_RULES[f.name].text(),
+        check=_RULES[f.name].text() or _TYPES[f.type][2],
         help=_RULES[f.name].help,
     )
     for f in fields(Config)

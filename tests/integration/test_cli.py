@@ -145,6 +145,20 @@ def test_no_arguments_means_the_embedded_default() -> None:
     assert config.anonymous_allowed is True
 
 
+def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = raftmq(
+            "node", "--listen", f"tcp://127.0.0.1:{port}", "--data-dir", "data", cwd=tmp_path
+        )
+    assert result.returncode == 1, result.stderr
+    assert "listening on" not in result.stdout
+    assert "raftmq: error: cannot start node node1: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     """The first line of the process's stdout, or "" if it ends without one in time."""
     assert proc.stdout is not None

@@ -41,6 +41,7 @@ def test_defaults() -> None:
     assert config.max_inflight == 20
     assert config.max_queued_messages == 1000
     assert config.queue_overflow == "drop_new"
+    assert config.queue_qos0 is False
     assert config.max_keepalive == 65535
     assert config.max_topic_levels == 128
     assert config.topic_alias_maximum == 10
@@ -70,6 +71,7 @@ def test_toml_file(tmp_path: Path) -> None:
         max_inflight = 5
         max_queued_messages = 50
         queue_overflow = "drop_oldest"
+        queue_qos0 = true
         max_keepalive = 0
         max_topic_levels = 8
         topic_alias_maximum = 0
@@ -92,6 +94,7 @@ def test_toml_file(tmp_path: Path) -> None:
     assert config.max_inflight == 5
     assert config.max_queued_messages == 50
     assert config.queue_overflow == "drop_oldest"
+    assert config.queue_qos0 is True
     assert config.max_keepalive == 0
     assert config.max_topic_levels == 8
     assert config.topic_alias_maximum == 0
@@ -171,6 +174,11 @@ def test_number_must_be_finite(tmp_path: Path) -> None:
 def test_float_is_not_an_int(tmp_path: Path) -> None:
     message = load_error(tmp_path, "receive_maximum = 10.5")
     assert message.endswith("key 'receive_maximum': expected an integer, got float 10.5")
+
+
+def test_bool_key_takes_only_a_boolean(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "queue_qos0 = 1")
+    assert message.endswith("key 'queue_qos0': expected a boolean, got integer 1")
 
 
 def test_allow_anonymous_must_be_a_boolean(tmp_path: Path) -> None:
