@@ -14,6 +14,7 @@ outstanding packet identifiers or authorisation belongs to the broker.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from raftmq.node.packets import (
@@ -252,7 +253,9 @@ def _decode_properties(mv: memoryview, off: int, end: int, ctx: str) -> tuple[Pr
         if spec.boolean and value > 1:
             raise MQTTProtocolError(_PROTOCOL, f"{where}: {name} must be 0 or 1, not {value}")
         if spec.nonzero and value == 0:
-            raise MQTTProtocolError(_PROTOCOL, f"{where}: {name} must not be 0")
+            # Alias 0 gets the specific code: it is an invalid alias (3.3.2.3.4).
+            reason = _R.TOPIC_ALIAS_INVALID if name == "topic_alias" else _PROTOCOL
+            raise MQTTProtocolError(reason, f"{where}: {name} must not be 0")
         if name == "response_topic" and (not value or "+" in value or "#" in value):
             # [MQTT-3.3.2-14] a Response Topic is a Topic Name
             raise MQTTProtocolError(_PROTOCOL, f"{where}: response_topic is not a topic name")
@@ -394,7 +397,8 @@ def _read_packet_id(mv: memoryview, off: int, end: int, ctx: str) -> int:
     return packet_id
 
 
-def _decode_connect(level: int, b0: int, mv: memoryview, off: int, end: int) -> Connect:
+def _connect_header(mv: memoryview, off: int, end: int) -> tuple[str, int, int]:
+    """Protocol name and level of a supported CONNECT, and the offset after them."""
     ctx = "CONNECT"
     name, off = _read_str(mv, off, end, ctx, "protocol name")
     if off >= end:
@@ -409,19 +413,25 @@ def _decode_connect(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
             _R.UNSUPPORTED_PROTOCOL_VERSION,
             f"{ctx}: unsupported protocol level {version} for {name!r}",
         )
-    if off + 4 > end:
+    return name, version, off + 1
+
+
+def _decode_connect(level: int, b0: int, mv: memoryview, off: int, end: int) -> Connect:
+    ctx = "CONNECT"
+    name, version, off = _connect_header(mv, off, end)
+    if off + 3 > end:
         raise _truncated(ctx, "variable header")
-    flags = mv[off + 1]
-    keepalive = (mv[off + 2] << 8) | mv[off + 3]
-    off += 4
+    flags = mv[off]
+    keepalive = (mv[off + 1] << 8) | mv[off + 2]
+    off += 3
     if flags & 0x01:  # [MQTT-3.1.2-3]
         raise MQTTProtocolError(_MALFORMED, f"{ctx}: reserved connect flag is set")
     will_flag = flags & 0x04
     will_qos = (flags >> 3) & 0x03
     will_retain = bool(flags & 0x20)
-    if not will_flag and (will_qos or will_retain):  # [MQTT-3.1.2-11], [MQTT-3.1.2-13]
+    if not will_flag and (will_qos or will_retain):  # [MQTT-3.1.2-11], [MQTT-3.1.2-13] (5.0)
         raise MQTTProtocolError(_MALFORMED, f"{ctx}: will QoS or retain set without will flag")
-    if will_qos == 3:  # [MQTT-3.1.2-14]
+    if will_qos == 3:  # [MQTT-3.1.2-12] (5.0)
         raise MQTTProtocolError(_MALFORMED, f"{ctx}: will QoS is 3")
     has_username = flags & 0x80
     has_password = flags & 0x40
@@ -752,11 +762,16 @@ class Decoder:
         self.max_packet_size = max_packet_size
         self.protocol_level = protocol_level
         self._buf = bytearray()
-        self._failure: MQTTProtocolError | None = None
+        # Reason and message only: keeping the exception would keep its frames.
+        self._failure: tuple[ReasonCode, str] | None = None
 
     @property
     def protocol_level(self) -> int | None:
-        """None until a CONNECT is decoded; a client sets it after sending its own."""
+        """None until a CONNECT is decoded; a client sets it after sending its own.
+
+        Also set by a CONNECT that fails after its protocol name and level were
+        accepted, so the broker knows whether to answer with a v5 CONNACK.
+        """
         return self._level
 
     @protocol_level.setter
@@ -774,9 +789,8 @@ class Decoder:
         promise across a protocol violation. The decoder then stays failed.
         """
         if self._failure is not None:
-            raise MQTTProtocolError(
-                self._failure.reason_code, f"decoder already failed: {self._failure.message}"
-            )
+            reason, message = self._failure
+            raise MQTTProtocolError(reason, f"decoder already failed: {message}")
         buf = self._buf
         packets: list[Packet] = []
         try:
@@ -794,7 +808,7 @@ class Decoder:
                 if pos < len(mv):
                     buf += mv[pos:]
         except MQTTProtocolError as exc:
-            self._failure = exc
+            self._failure = (exc.reason_code, exc.message)
             raise
         return packets
 
@@ -830,7 +844,15 @@ class Decoder:
             if end > size:
                 break
             if b0 == 0x10:
-                connect = _decode_connect(level, b0, mv, off, end)
+                try:
+                    connect = _decode_connect(level, b0, mv, off, end)
+                except MQTTProtocolError:
+                    # A CONNECT failing after its level was accepted still sets the
+                    # level, so that the broker can answer a v5 client with a v5
+                    # CONNACK carrying the reason (spec 4.13.1).
+                    with suppress(MQTTProtocolError):
+                        self.protocol_level = _connect_header(mv, off, end)[1]
+                    raise
                 packets.append(connect)
                 self.protocol_level = level = connect.protocol_level
                 handlers = self._handlers

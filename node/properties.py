@@ -34,17 +34,13 @@ class PropertySpec:
     name: str
     wire: WireType
     contexts: frozenset[str]
-    # Value is a list; these contexts let the property repeat (user_property
-    # everywhere, subscription_identifier only in PUBLISH, spec 3.3.2.3.8).
+    # Non-empty for list-valued properties: the contexts where they may repeat
+    # (user_property everywhere, subscription_identifier only in PUBLISH).
     repeatable_in: frozenset[str] = frozenset()
     # The spec defines only 0 and 1, any other value is a Protocol Error.
     boolean: bool = False
     # The spec makes 0 a Protocol Error (e.g. Receive Maximum, Topic Alias).
     nonzero: bool = False
-
-    @property
-    def is_list(self) -> bool:
-        return bool(self.repeatable_in)
 
 
 def _ctx(*names: str) -> frozenset[str]:
@@ -183,7 +179,7 @@ def encode_properties(props: Properties, context: str) -> bytes:
         spec = BY_NAME.get(name)
         if spec is None or spec.id not in allowed:
             raise ValueError(f"{context}: property {name!r} is not allowed")
-        values = value if spec.is_list else (value,)
+        values = value if spec.repeatable_in else (value,)
         for item in values:
             out.append(spec.id)
             out += _encode_value(spec.wire, item)

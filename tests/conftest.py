@@ -119,13 +119,17 @@ def _start_mosquitto(tmp: Path, config: dict[str, object]) -> RunningBroker:
     if unknown:
         pytest.skip(f"raftmq-only settings {sorted(unknown)} have no Mosquitto equivalent")
     port, ws_port = _free_port(), _free_port()
+    # Mosquitto applies some options (max_topic_alias...) per listener, so
+    # every setting follows each listener line.
+    settings = [f"{MOSQUITTO_EQUIVALENTS[k]} {_toml_value(v)}" for k, v in config.items()]
     lines = [
-        f"listener {port} 127.0.0.1",
-        f"listener {ws_port} 127.0.0.1",
-        "protocol websockets",
         "allow_anonymous true",
         "persistence false",
-        *(f"{MOSQUITTO_EQUIVALENTS[k]} {_toml_value(v)}" for k, v in config.items()),
+        f"listener {port} 127.0.0.1",
+        *settings,
+        f"listener {ws_port} 127.0.0.1",
+        "protocol websockets",
+        *settings,
     ]
     conf = tmp / "mosquitto.conf"
     conf.write_text("\n".join(lines) + "\n")
