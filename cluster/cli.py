@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from importlib.metadata import version
 
 import uvloop
+
 from raftmq.node.config import (
     DEFAULT_LISTEN,
     KEYS,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
+
 from raftmq.node.config import Config, parse_listen
 
 if TYPE_CHECKING:

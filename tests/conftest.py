@@ -142,14 +142,17 @@ def _start_mosquitto(tmp: Path, config: dict[str, object]) -> RunningBroker:
     broker = RunningBroker(proc=proc, data_dir=tmp, port=port, ws_port=ws_port)
     _collect_output(broker)
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    waiting = [port, ws_port]
+    while waiting and time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return broker
+            socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2).close()
+            waiting.pop(0)
         except OSError:
             time.sleep(0.05)
-    broker.kill()
-    raise RuntimeError("mosquitto did not start listening")
+    if waiting:
+        broker.kill()
+        raise RuntimeError(f"mosquitto did not start listening on port {waiting[0]}")
+    return broker
 
 
 def _collect_output(broker: RunningBroker) -> None:

@@ -363,7 +363,9 @@ class ClientPool:
         self._clients.clear()
 
 
-def gather(clients: Sequence[MqttClient], total: int, timeout: float = TIMEOUT) -> list[list[Message]]:
+def gather(
+    clients: Sequence[MqttClient], total: int, timeout: float = TIMEOUT
+) -> list[list[Message]]:
     """What each client received until ``total`` messages arrived across all of them.
 
     For shared subscriptions, where which member gets a message is the broker's

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
 from raftmq.cluster.cli import build_parser, node_config
 from raftmq.node.config import KEYS, ListenAddress
 

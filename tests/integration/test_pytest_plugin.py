@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 import asyncio
 import queue
 
@@ -45,7 +45,7 @@ async def test_async_tcp_connect(raftmq_broker):
     writer.write(bytes.fromhex("101000044d5154540402003c000461626364"))
     assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\\x20\\x02\\x00\\x00"
     writer.close()
-'''
+"""
 
 
 def test_fixture_serves_user_tests(pytester: pytest.Pytester) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
-from clients import ClientPool, Message, gather, unique, wait_published
+from clients import ClientPool, gather, unique, wait_published
 
 if TYPE_CHECKING:
     from conftest import RunningBroker
@@ -23,13 +23,6 @@ if TYPE_CHECKING:
 PINGREQ = b"\xc0\x00"
 PINGRESP = b"\xd0\x00"
 DISCONNECT = b"\xe0\x00"
-
-
-@pytest.fixture
-def clients() -> Iterator[ClientPool]:
-    pool = ClientPool()
-    yield pool
-    pool.close()
 
 
 # -- a bare-socket 3.1.1 client ----------------------------------------------------------
@@ -165,7 +158,7 @@ def test_delivered_qos_is_min_of_publish_and_subscription(
 def test_burst_of_qos1_messages_keeps_publisher_order(
     broker: RunningBroker, clients: ClientPool
 ) -> None:
-    """Ordering per publisher is an MQTT guarantee; a window of in-flight messages must not reorder."""
+    """Per-publisher order is an MQTT guarantee; an in-flight window must not reorder."""
     topic = unique("burst")
     sub = clients.connect(broker, subscribe=topic, qos=1)
     pub = clients.connect(broker)
@@ -236,7 +229,11 @@ def test_persistent_session_queues_qos1_and_qos2_while_offline(
 
     resumed = clients.client(broker, client_id, clean_session=False)
     assert resumed.connect().session_present is True
-    assert [(m.payload, m.qos) for m in resumed.get_many(6)] == sent
+    got = [(m.payload, m.qos) for m in resumed.get_many(6)]
+    # paho hands a QoS 2 message over only after PUBREL, a round trip later than a
+    # QoS 1 one, so order is only observable per QoS level through paho.
+    for qos in (1, 2):
+        assert [g for g in got if g[1] == qos] == [s for s in sent if s[1] == qos]
     resumed.assert_no_message(0.3)
     resumed.disconnect()
 
@@ -395,6 +392,7 @@ def test_will_is_published_when_connection_drops_without_disconnect(
     assert (msg.topic, msg.payload, msg.qos, msg.retain) == (topic, b"gone", 1, False)
 
 
+@pytest.mark.raftmq_only  # Mosquitto 2.0.11 checks keepalives only every ~5 s
 def test_will_is_published_when_keepalive_expires(
     broker: RunningBroker, clients: ClientPool, raw_client: Callable[[], RawClient]
 ) -> None:
@@ -440,6 +438,7 @@ def test_will_retain_flag_makes_the_will_retained(
 # -- keepalive ---------------------------------------------------------------------------
 
 
+@pytest.mark.raftmq_only  # Mosquitto 2.0.11 checks keepalives only every ~5 s
 def test_silent_client_is_disconnected_after_one_and_a_half_keepalives(
     raw_client: Callable[[], RawClient],
 ) -> None:

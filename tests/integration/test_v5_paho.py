@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
@@ -28,15 +28,6 @@ if TYPE_CHECKING:
 DISCONNECT_WITH_WILL = 0x04
 BAD_AUTHENTICATION_METHOD = 0x8C
 SESSION_TAKEN_OVER = 0x8E
-
-
-@pytest.fixture
-def clients() -> Iterator[ClientPool]:
-    pool = ClientPool()
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from raftmq.node.retained import RetainedStore
 from test_topics import filters, reference_match, topics
+
+from raftmq.node.retained import RetainedStore
 
 STORED = ["a", "a/b", "a/b/c", "a/", "/", "/a", "a//b", "b", "$SYS", "$SYS/x", "$SYS/x/y", "a/$x"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from raftmq.node.topics import TopicIndex, parse_shared, topic_levels
 
 TOPIC_LEVELS = ["a", "b", "", "$x"]

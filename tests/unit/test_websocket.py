@@ -15,9 +15,10 @@ from typing import Any, cast
 
 import pytest
 import uvloop
-from raftmq.node.websocket import WebSocketServerProtocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, PayloadTooBig, ProtocolError
+
+from raftmq.node.websocket import WebSocketServerProtocol
 
 pytestmark = pytest.mark.timeout(10)
 
