@@ -484,3 +484,44 @@ def test_no_problem_information_when_not_requested(
         suback = sub.expect(SUBACK)
         assert suback.reason_codes == [0x8F, 1]
         assert suback.props(REASON_STRING) == [] and suback.props(USER_PROPERTY) == []
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_offline_queue_keeps_publish_order_across_qos(
+    raw: RawClients, uid: str, level: int
+) -> None:
+    """Queued QoS 1 and 2 messages go out on resume in the order they were published.
+
+    Checked on the wire: paho hands QoS 2 messages to the application only at
+    PUBREL, so through paho a QoS 1 message may overtake one that came first.
+    """
+    topic = f"{uid}/order"
+    sub_id = f"{uid}-sub"
+    sub = raw.connected(sub_id, level=level, **_persistent(level))
+    sub.send(subscribe(1, [(topic, 2)], level=level))
+    assert sub.expect(SUBACK).reason_codes == [2]
+    sub.close()
+
+    pub = raw.connected(f"{uid}-pub")
+    sent = [(f"m{i}".encode(), 1 + i % 2) for i in range(30)]
+    for packet_id, (payload, qos) in enumerate(sent, start=1):
+        pub.send(publish(topic, payload, qos=qos, packet_id=packet_id))
+        if qos == 1:
+            assert pub.expect(PUBACK).packet_id == packet_id
+        else:
+            assert pub.expect(PUBREC).packet_id == packet_id
+            pub.send(ack(PUBREL, packet_id))
+            assert pub.expect(PUBCOMP).packet_id == packet_id
+
+    sub = raw.open(level)
+    assert sub.connect(sub_id, **_persistent(level)).session_present
+    received = []
+    while len(received) < len(sent):
+        packet = sub.read()
+        if packet.type == PUBREL:
+            sub.send(ack(PUBCOMP, packet.packet_id or 0))
+            continue
+        assert packet.type == PUBLISH, packet
+        received.append((packet.payload, packet.qos))
+        sub.send(ack(PUBACK if packet.qos == 1 else PUBREC, packet.packet_id or 0))
+    assert received == sent
