@@ -491,6 +491,7 @@ class Broker:
         identifiers = packet.properties.get("subscription_identifier")
         identifier = identifiers[0] if identifiers else None
         codes: list[int] = []
+        problems: list[str] = []
         retained_for: list[Subscription] = []
         for full_filter, opts in packet.subscriptions:
             shared = parse_shared(full_filter)
@@ -499,6 +500,7 @@ class Broker:
                 raise Disconnected
             if topic_levels(full_filter) > cfg.max_topic_levels:
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if level == 5 else 0x80)
+                problems.append(f"{full_filter!r} has more than {cfg.max_topic_levels} levels")
                 continue
             group, topic_filter = shared if shared is not None else (None, full_filter)
             sub = Subscription(
@@ -515,6 +517,7 @@ class Broker:
                 await self._add_subscription(session.client_id, sub)
             except ClusterUnavailable:
                 codes.append(ReasonCode.UNSPECIFIED_ERROR)
+                problems.append(f"{full_filter!r}: cluster unavailable")
                 continue
             session.subscriptions[full_filter] = sub
             codes.append(opts.qos)
@@ -523,7 +526,8 @@ class Broker:
             ):
                 retained_for.append(sub)
         self.stats.subscribes += 1
-        conn.send(Suback(packet.packet_id, codes))
+        props = conn.problem("; ".join(problems)) if problems else {}
+        conn.send(Suback(packet.packet_id, codes, props))
         now = time.monotonic()
         for sub in retained_for:
             ids = (sub.identifier,) if sub.identifier is not None else ()

@@ -486,6 +486,20 @@ def test_no_problem_information_when_not_requested(
         assert suback.props(REASON_STRING) == [] and suback.props(USER_PROPERTY) == []
 
 
+def test_problem_information_by_default(
+    broker_factory: Callable[..., RunningBroker], uid: str
+) -> None:
+    """Without Request Problem Information 0, a refused subscription says why."""
+    broker = broker_factory(max_topic_levels=2)
+    with raw_clients(broker.host, broker.port) as raw:
+        sub = raw.connected(f"{uid}-chatty")
+        sub.send(subscribe(1, [(f"{uid}/too/deep", 1), (f"{uid}/ok", 1)]))
+        suback = sub.expect(SUBACK)
+        assert suback.reason_codes == [0x8F, 1]
+        (reason,) = suback.props(REASON_STRING)
+        assert isinstance(reason, str) and f"{uid}/too/deep" in reason
+
+
 @pytest.mark.parametrize("level", [4, 5])
 def test_offline_queue_keeps_publish_order_across_qos(
     raw: RawClients, uid: str, level: int
