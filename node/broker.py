@@ -66,6 +66,8 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sys = SysPublisher(self)
+        self._publishing: MQTTConnection | None = None
+        """The connection whose PUBLISH is being routed, so slow readers can hold it back."""
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -342,7 +344,9 @@ class Broker:
         message = Message.create(topic, packet.payload, qos, packet.retain, props, conn.client_id)
         if packet.retain:
             return self._publish_retained(conn, packet, message)
+        self._publishing = conn
         matched, pending = self.route(message)
+        self._publishing = None
         if qos == 0:
             return None
         if pending is not None:
@@ -387,9 +391,8 @@ class Broker:
             assert conn.session is not None
             conn.session.incoming_qos2.add(pid)
         if matched or conn.protocol_level != 5:
-            if conn.transport is not None:
-                header = PUBACK_HEADER if packet.qos == 1 else PUBREC_HEADER
-                conn.transport.write(header + PACKET_ID_BYTES[pid])
+            header = PUBACK_HEADER if packet.qos == 1 else PUBREC_HEADER
+            conn.write(header + PACKET_ID_BYTES[pid])
             return
         ack = Puback if packet.qos == 1 else Pubrec
         conn.send(ack(pid, ReasonCode.NO_MATCHING_SUBSCRIBERS))
@@ -425,9 +428,16 @@ class Broker:
         qos = message.qos if message.qos < sub.qos else sub.qos
         retain = message.retain and sub.retain_as_published
         ids = (sub.identifier,) if sub.identifier is not None else ()
-        if not session.deliver(Delivery(message, qos, retain, ids)):
-            self.stats.messages_dropped += 1
+        self._hand_to(session, Delivery(message, qos, retain, ids))
         return 1
+
+    def _hand_to(self, session: Session, delivery: Delivery) -> None:
+        """Deliver, and make a publisher wait if the subscriber cannot keep up."""
+        if not session.deliver(delivery):
+            self.stats.messages_dropped += 1
+        conn = session.connection
+        if conn is not None and conn.write_paused and self._publishing is not None:
+            conn.hold(self._publishing)
 
     def _deliver_overlapping(
         self, message: Message, entries: tuple[tuple[str, str, Subscription], ...]
@@ -453,8 +463,7 @@ class Broker:
                 continue
             qos = message.qos if message.qos < sub_qos else sub_qos
             delivery = Delivery(message, qos, message.retain and rap, tuple(sorted(ids)))
-            if not session.deliver(delivery):
-                self.stats.messages_dropped += 1
+            self._hand_to(session, delivery)
             delivered += 1
         return delivered
 

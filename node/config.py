@@ -276,6 +276,14 @@ class Config:
             gt=0,
         ),
     )
+    write_stall_timeout: float = field(
+        default=5.0,
+        metadata=_rule(
+            help="Seconds a client that stopped reading may hold back the publishers "
+            "feeding it; after that its messages queue and overflow per queue_overflow.",
+            gt=0,
+        ),
+    )
     sys_interval: float = field(
         default=10.0,
         metadata=_rule(

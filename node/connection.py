@@ -79,7 +79,12 @@ class MQTTConnection(asyncio.Protocol):
         self.clean_disconnect = False
         self.peer = "?"
         self._backlog: deque[Packet] = deque()
+        self._out: list[bytes] = []
         self._busy = False
+        self.held_by: set[MQTTConnection] = set()
+        self.holding: set[MQTTConnection] = set()
+        self.stalled = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[type, Callable[[Any], Coroutine[Any, Any, None] | None]] = {
             Publish: self.on_publish,
             Puback: self.on_puback,
@@ -130,11 +135,61 @@ class MQTTConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._stall_timer = self.loop.call_later(
+            self.config.write_stall_timeout, self._stall_expired
+        )
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.stalled = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self.session is not None and self.session.connection is self:
             self.session.drain()
+        if not self.write_paused:
+            self._release_held()
+
+    # -- backpressure -------------------------------------------------------
+    #
+    # A subscriber that reads slower than its publishers write would make the
+    # broker either drop or buffer without bound. Instead, while its socket
+    # buffer is full, each publisher feeding it stops being read, so TCP
+    # pushes back on the publisher. A subscriber that stops reading entirely
+    # may hold publishers back for write_stall_timeout only; after that it is
+    # marked stalled and its messages queue and overflow like an offline one.
+
+    def hold(self, publisher: MQTTConnection) -> None:
+        """Stop reading ``publisher`` until this (slow) connection drains."""
+        if self.stalled or publisher in self.holding:
+            return
+        self.holding.add(publisher)
+        publisher.held_by.add(self)
+        publisher.update_reading()
+
+    def _release_held(self) -> None:
+        for publisher in self.holding:
+            publisher.held_by.discard(self)
+            publisher.update_reading()
+        self.holding.clear()
+
+    def _stall_expired(self) -> None:
+        self._stall_timer = None
+        if self.write_paused and self.state != CLOSED:
+            log.warning(
+                "client %r stopped reading; no longer holding publishers back", self.client_id
+            )
+            self.stalled = True
+            self._release_held()
+
+    def update_reading(self) -> None:
+        """Read from the socket unless a packet is being handled or a slow reader holds us."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        if self._busy or self.held_by:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     # -- packet dispatch ----------------------------------------------------
 
@@ -146,8 +201,7 @@ class MQTTConnection(asyncio.Protocol):
 
     def _run_async(self, work: Coroutine[Any, Any, None]) -> None:
         self._busy = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.update_reading()
         self.loop.create_task(self._finish_async(work))
 
     async def _finish_async(self, work: Coroutine[Any, Any, None]) -> None:
@@ -167,21 +221,39 @@ class MQTTConnection(asyncio.Protocol):
                 except Disconnected:
                     return
         self._busy = False
-        if self.state != CLOSED and self.transport is not None:
-            self.transport.resume_reading()
+        self.update_reading()
 
     # -- writing ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the socket; everything queued in one loop turn goes in one write.
+
+        A fan-out appends one PUBLISH per subscriber per turn; flushing once per
+        turn turns thousands of send() calls into one writev per connection.
+        """
+        out = self._out
+        if not out:
+            self.loop.call_soon(self._flush)
+        out.append(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(out)
 
     def send(self, packet: Packet) -> None:
         if self.transport is None or self.state == CLOSED:
             return
         data = encode(packet, self.protocol_level)
         self.broker.stats.bytes_sent += len(data)
-        self.transport.write(data)
+        self.write(data)
 
     def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> None:
-        transport = self.transport
-        if transport is None or self.state == CLOSED:
+        if self.transport is None or self.state == CLOSED:
             return
         message = delivery.message
         qos = delivery.qos
@@ -203,10 +275,13 @@ class MQTTConnection(asyncio.Protocol):
         stats = self.broker.stats
         stats.messages_sent += 1
         stats.bytes_sent += size
+        out = self._out
+        if not out:
+            self.loop.call_soon(self._flush)
         if packet_id is None:
-            transport.writelines((head, tail))
+            out += (head, tail)
         else:
-            transport.writelines((head, PACKET_ID_BYTES[packet_id], tail))
+            out += (head, PACKET_ID_BYTES[packet_id], tail)
 
     def _encode_v5_publish(self, delivery: Delivery) -> tuple[bytes, bytes]:
         message = delivery.message
@@ -269,6 +344,7 @@ class MQTTConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now; what is already written still goes out before the socket closes."""
+        self._flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._closed()
@@ -280,9 +356,16 @@ class MQTTConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         was_connected = self.state == CONNECTED
         self.state = CLOSED
         self._backlog.clear()
+        self._release_held()
+        for slow in self.held_by:
+            slow.holding.discard(self)
+        self.held_by.clear()
         self.broker.connection_closed(self, was_connected)
 
     def _connect_timed_out(self) -> None:
@@ -327,7 +410,7 @@ class MQTTConnection(asyncio.Protocol):
 
     def on_pingreq(self, packet: Pingreq) -> None:
         if self.transport is not None:
-            self.transport.write(PINGRESP_BYTES)
+            self.write(PINGRESP_BYTES)
 
     def on_publish(self, packet: Publish) -> Coroutine[Any, Any, None] | None:
         return self.broker.handle_publish(self, packet)

@@ -105,9 +105,14 @@ class Session:
         return self.expiry_interval > 0
 
     def deliver(self, delivery: Delivery) -> bool:
-        """Send now if the window allows, else queue. False if the message was dropped."""
+        """Send now if the window allows, else queue. False if the message was dropped.
+
+        A connection whose socket buffer is merely full still takes messages:
+        backpressure on the publishers bounds that buffer. Only a stalled one
+        (see MQTTConnection.hold) makes messages queue here.
+        """
         conn = self.connection
-        if conn is not None and not conn.write_paused and not self.queue:
+        if conn is not None and not conn.stalled and not self.queue:
             if delivery.qos == 0:
                 conn.send_publish(delivery, None, False)
                 return True
@@ -166,7 +171,7 @@ class Session:
         if conn is None:
             return
         now = time.monotonic()
-        while queue and not conn.write_paused:
+        while queue and not conn.stalled:
             head = queue[0]
             if head.qos and len(self.outgoing) >= conn.send_window:
                 return

@@ -15,7 +15,7 @@ class RecordingConnection:
 
     def __init__(self, send_window: int = 10) -> None:
         self.send_window = send_window
-        self.write_paused = False
+        self.stalled = False
         self.sent: list[tuple[bytes, int | None, bool]] = []
         self.pubrels: list[int] = []
 
@@ -85,14 +85,14 @@ def test_resume_resends_unacknowledged_with_dup_and_pubrel_for_received() -> Non
     assert again.sent[2][0] == b"later" and again.sent[2][2] is False
 
 
-def test_paused_writer_queues_and_drain_keeps_order() -> None:
+def test_stalled_reader_queues_and_drain_keeps_order() -> None:
     s = session()
     conn = attach(s)
-    conn.write_paused = True
+    conn.stalled = True
     s.deliver(delivery(b"a", 0))
     s.deliver(delivery(b"b", 1))
     assert conn.sent == []
-    conn.write_paused = False
+    conn.stalled = False
     s.drain()
     assert [p for p, _, _ in conn.sent] == [b"a", b"b"]
 
