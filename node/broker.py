@@ -13,7 +13,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .config import Config
@@ -357,32 +358,33 @@ class Broker:
     async def _publish_retained(
         self, conn: MQTTConnection, packet: Publish, message: Message
     ) -> None:
-        conn.incoming_pending += 1
-        try:
+        with self._awaiting_cluster(conn):
             await self.hooks.set_retained(message.topic, message if message.payload else None)
             matched, pending = self.route(message)
             if pending is not None:
                 await pending
-        except ClusterUnavailable:
-            conn.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
-            raise Disconnected from None
-        finally:
-            conn.incoming_pending -= 1
         if packet.qos:
             self._ack(conn, packet, matched)
 
     async def _ack_after(
         self, conn: MQTTConnection, packet: Publish, pending: Awaitable[None], matched: int
     ) -> None:
+        with self._awaiting_cluster(conn):
+            await pending
+        self._ack(conn, packet, matched or 1)
+
+    @contextmanager
+    def _awaiting_cluster(self, conn: MQTTConnection) -> Iterator[None]:
+        """A publish in flight towards the cluster: counted against receive maximum,
+        and answered with "server unavailable" if the cluster cannot take it."""
         conn.incoming_pending += 1
         try:
-            await pending
+            yield
         except ClusterUnavailable:
             conn.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
             raise Disconnected from None
         finally:
             conn.incoming_pending -= 1
-        self._ack(conn, packet, matched or 1)
 
     def _ack(self, conn: MQTTConnection, packet: Publish, matched: int) -> None:
         pid = packet.packet_id
