@@ -17,6 +17,7 @@ from importlib.metadata import version
 
 import uvloop
 
+from raftmq.cluster.bench.cli import add_parser as add_bench_command
 from raftmq.node.config import (
     DEFAULT_LISTEN,
     KEYS,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('raftmq')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_node_command(commands)
+    add_bench_command(commands)
     return parser
 
 

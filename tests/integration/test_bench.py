@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+RAFTMQ = str(Path(sys.executable).parent / "raftmq")
+
 START_TIMEOUT = 10.0
 RUN_TIMEOUT = 60.0
 BENCH_TIMEOUT = "30"
@@ -71,9 +73,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def bench(*args: str) -> tuple[int, dict[str, Any]]:
-    """Run ``python -m raftmq.cluster.bench ARGS --json``; its exit status and report."""
+    """Run ``raftmq bench ARGS --json``; its exit status and report."""
     done = subprocess.run(
-        [sys.executable, "-m", "raftmq.cluster.bench", *args, "--json", "--quiet"],
+        [RAFTMQ, "bench", *args, "--json", "--quiet"],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -124,7 +126,7 @@ def test_timeout_ends_a_stuck_run_with_a_failing_report() -> None:
         server.bind(("127.0.0.1", port))
         server.listen()
         done = subprocess.run(
-            [sys.executable, "-m", "raftmq.cluster.bench", "pairs", "--port", str(port),
+            [RAFTMQ, "bench", "pairs", "--port", str(port),
              "--clients", "1", "--timeout", "2", "--json", "--quiet"],
             capture_output=True,
             text=True,
