@@ -14,10 +14,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import uvloop
 
 from raftmq.cluster.bench.cli import add_parser as add_bench_command
+from raftmq.cluster.certs import add_parser as add_certs_command
+from raftmq.cluster.passwd import add_parser as add_passwd_command
 from raftmq.node.config import (
     DEFAULT_LISTEN,
     KEYS,
@@ -26,6 +29,9 @@ from raftmq.node.config import (
     config_reference_text,
     load_config,
 )
+
+if TYPE_CHECKING:
+    from raftmq.node.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_node_command(commands)
     add_bench_command(commands)
+    add_certs_command(commands)
+    add_passwd_command(commands)
     return parser
 
 
@@ -113,6 +121,7 @@ async def serve_node(config: Config) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     broker = Broker(config)
+    loop.add_signal_handler(signal.SIGHUP, reload_security_files, broker)
     try:
         await broker.start()
     except OSError as exc:
@@ -126,6 +135,26 @@ async def serve_node(config: Config) -> int:
     finally:
         await broker.stop()
     return 0
+
+
+def reload_security_files(broker: "Broker") -> None:
+    """SIGHUP: read the password and ACL files again; connected clients stay connected.
+
+    Each file is reloaded on its own, all or nothing: a file with an error
+    keeps its previous contents in force, and the error is logged.
+    """
+    parts = [("password file", broker.auth.passwords), ("ACL file", broker.acl)]
+    for what, part in parts:
+        if part is None:
+            continue
+        try:
+            part.reload()
+        except ConfigError as exc:
+            log.error("SIGHUP: kept the previous %s: %s", what, exc)
+        else:
+            log.info("SIGHUP: reloaded %s %s (%d entries)", what, part.path, len(part))
+    if not any(part is not None for _, part in parts):
+        log.info("SIGHUP: no password or ACL file to reload")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

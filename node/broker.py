@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .config import Config
+from .acl import AccessControl
+from .auth import Authenticator
+from .config import TLS_SCHEMES, Config
 from .connection import CLOSED, CONNECTED, PACKET_ID_BYTES, Disconnected, MQTTConnection
 from .hooks import ClusterHooks, ClusterUnavailable, LocalCluster
+from .limits import retained_size
 from .listeners import open_listener
 from .message import Message
 from .packets import (
@@ -36,9 +39,11 @@ from .packets import (
 )
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
-from .session import NEVER_EXPIRES, Delivery, Session, Subscription
+from .session import NEVER_EXPIRES, Delivery, Outgoing, Session, Subscription
 from .stats import Stats
+from .store import SessionStore, StoredSession, StoredState, make_store
 from .sys_topics import SysPublisher
+from .tls import build_server_context
 from .topics import TopicIndex, parse_shared, topic_levels
 
 log = logging.getLogger("raftmq.broker")
@@ -55,11 +60,20 @@ class Broker:
         self.config = config
         self.hooks: ClusterHooks = hooks if hooks is not None else LocalCluster(config.node_id)
         self.hooks.attach(self)
+        # Security files and certificates load here, so a bad one stops the node before it listens.
+        self.auth = Authenticator(config)
+        self.acl = AccessControl(config.acl_file) if config.acl_file is not None else None
+        self.tls_context = (
+            build_server_context(config) if any(a.is_tls for a in config.listen) else None
+        )
         self.sessions: dict[str, Session] = {}
         self.connections: set[MQTTConnection] = set()
         self.subscriptions: TopicIndex[str, Subscription] = TopicIndex()
         self.shared: TopicIndex[tuple[str, str], Subscription] = TopicIndex()
         self.retained: RetainedStore[Message] = RetainedStore()
+        self.store: SessionStore = make_store(config.durability, config.data_dir)
+        self._restoring = False
+        """Replaying the store at start: what is replayed is not written back."""
         self.stats = Stats()
         self.addresses: list[str] = []
         self._route_refs: dict[RouteKey, int] = {}
@@ -77,6 +91,7 @@ class Broker:
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
         await self.hooks.start()
+        await self._restore(self.store.open(asyncio.get_running_loop()))
         for address in self.config.listen:
             server, url = await open_listener(self, address)
             self._servers.append(server)
@@ -105,6 +120,8 @@ class Broker:
                     handle.cancel()
         for task in list(self._tasks):
             task.cancel()
+        self._keep_sessions_for_restart()
+        self.store.close()
         for server in self._servers:
             await server.wait_closed()
         await self.hooks.stop()
@@ -131,10 +148,128 @@ class Broker:
         if not task.cancelled() and task.exception() is not None:
             log.error("cluster update failed: %s", task.exception())
 
+    # -- durable state (see store.py) ---------------------------------------
+
+    async def _restore(self, state: StoredState) -> None:
+        """Bring back what the store kept: retained messages, then sessions, then the
+        wills of clients the crash cut off, so that those reach restored subscribers."""
+        now = time.monotonic()
+        self._restoring = True
+        try:
+            for topic, message in state.retained:
+                if not message.expired(now):
+                    self.apply_retained(topic, message)
+        finally:
+            self._restoring = False
+        restored: list[tuple[Session, StoredSession]] = []
+        for stored in state.sessions:
+            session = self._restored_session(stored)
+            self.sessions[session.client_id] = session
+            for sub in session.subscriptions.values():
+                await self._add_subscription(session.client_id, sub)
+            if session.will is not None:
+                await self.hooks.register_will(session.client_id, session.will)
+            restored.append((session, stored))
+        for session, stored in restored:
+            self._resume_timers(session, stored)
+        if state.sessions or state.retained:
+            log.info(
+                "restored %d persistent sessions and %d retained messages",
+                len(state.sessions),
+                len(state.retained),
+            )
+
+    def _restored_session(self, stored: StoredSession) -> Session:
+        session = self._new_session(stored.client_id)
+        session.expiry_interval = stored.expiry_interval
+        # A will is pending if the client was lost (connected at the crash, or a delayed
+        # will was running); one kept over a graceful stop is not (see stop()).
+        if stored.connected or stored.will_at is not None:
+            session.will = stored.will
+        session.subscriptions = stored.subscriptions
+        session.incoming_qos2 = stored.incoming_qos2
+        for entry in stored.deliveries:
+            delivery = entry.delivery
+            if entry.packet_id is None:
+                session.queue.append(delivery)
+                session.queued_bytes += len(delivery.message.payload)
+            else:
+                session.outgoing[entry.packet_id] = Outgoing(delivery, entry.released)
+                session.next_packet_id = entry.packet_id % 0xFFFF + 1
+            session.next_seq = delivery.seq + 1
+        session.store = self.store
+        return session
+
+    def _resume_timers(self, session: Session, stored: StoredSession) -> None:
+        """Expiry and will timers against the stored wall-clock deadlines.
+
+        The node cannot know when it crashed, so a client connected at the
+        crash is taken as lost now: its will delay and session expiry count
+        from the restart, never from a guess that could end it early.
+        """
+        loop = asyncio.get_running_loop()
+        wall = time.time()
+        if stored.connected:
+            if session.will is not None:
+                self._schedule_will(session)
+            if session.expiry_interval != NEVER_EXPIRES:
+                session.expiry_handle = loop.call_later(
+                    session.expiry_interval, self._end_session, session
+                )
+                session.expires_at = wall + session.expiry_interval
+            if session.store is not None:
+                session.store.save_session(session)
+            return
+        if stored.expires_at is not None and stored.expires_at <= wall:
+            # Expired while the node was down: a pending will goes now, as at expiry.
+            self._publish_will(session)
+            self._end_session(session)
+            return
+        if session.will is not None and stored.will_at is not None:
+            if stored.will_at <= wall:
+                self._publish_will(session)
+            else:
+                session.will_at = stored.will_at
+                session.will_handle = loop.call_later(
+                    stored.will_at - wall, self._publish_will, session
+                )
+        if stored.expires_at is not None:
+            session.expires_at = stored.expires_at
+            session.expiry_handle = loop.call_later(
+                stored.expires_at - wall, self._end_session, session
+            )
+
+    def _keep_sessions_for_restart(self) -> None:
+        """A graceful stop is no client failure: a connected persistent session is kept
+        as disconnected now, with no pending will, its expiry counting from now."""
+        if not self.store.durable:
+            return
+        wall = time.time()
+        for session in self.sessions.values():
+            if session.store is None or session.connection is None:
+                continue
+            session.connection = None
+            session.will_at = None
+            if session.expiry_interval != NEVER_EXPIRES:
+                session.expires_at = wall + session.expiry_interval
+            session.store.save_session(session)
+
     # -- connections --------------------------------------------------------
 
-    def connection_opened(self, conn: MQTTConnection) -> None:
+    def connection_opened(self, conn: MQTTConnection) -> bool:
+        """Admit a new socket, unless the node is far over max_connections.
+
+        Refusing only at CONNECT would leave sockets that never send one
+        unbounded until connect_timeout; refusing exactly at the limit would
+        deny clients over it the CONNACK that tells them why. So a tenth more
+        sockets (at least 16) are let in to be told, and the rest are closed.
+        """
+        limit = self.config.max_connections
+        if len(self.connections) >= limit + max(16, limit // 10):
+            self.stats.limits.connections += 1
+            return False
         self.connections.add(conn)
+        return True
 
     def connection_closed(self, conn: MQTTConnection, was_connected: bool) -> None:
         self.connections.discard(conn)
@@ -155,21 +290,33 @@ class Broker:
             session.expiry_handle = asyncio.get_running_loop().call_later(
                 session.expiry_interval, self._end_session, session
             )
+            session.expires_at = time.time() + session.expiry_interval
+        if session.store is not None:
+            session.store.save_session(session)
 
     async def handle_connect(self, conn: MQTTConnection, packet: Connect) -> None:
         cfg = self.config
         level = packet.protocol_level
         props = packet.properties
-        if self.stats.clients_connected >= cfg.max_connections:
-            conn.connack(ReasonCode.SERVER_BUSY)
+        limits = self.stats.limits
+        if self.stats.clients_connected >= cfg.max_connections and not self._is_takeover(
+            packet.client_id
+        ):
+            limits.connections += 1
+            conn.connack(ReasonCode.QUOTA_EXCEEDED)
+        if len(packet.client_id.encode()) > cfg.max_client_id_length:
+            limits.client_id_length += 1
+            conn.connack(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
         if "authentication_method" in props:
             conn.connack(ReasonCode.BAD_AUTHENTICATION_METHOD)
-        if not cfg.anonymous_allowed:
-            conn.connack(
-                ReasonCode.NOT_AUTHORIZED
-                if packet.username is None
-                else ReasonCode.BAD_USER_NAME_OR_PASSWORD
-            )
+        tls = conn.listener in TLS_SCHEMES
+        peercert = conn.transport.get_extra_info("peercert") if tls and conn.transport else None
+        identity = await self.auth.authenticate(packet.username, packet.password, peercert, tls)
+        if conn.state == CLOSED:
+            return
+        if identity.reason:
+            conn.connack(identity.reason)
+        conn.username = identity.username
         client_id = packet.client_id
         assigned = False
         if not client_id:
@@ -188,14 +335,30 @@ class Broker:
             conn.connack(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
         will = packet.will
         if will is not None and topic_levels(will.topic) > cfg.max_topic_levels:
+            limits.topic_levels += 1
             conn.connack(ReasonCode.TOPIC_NAME_INVALID)
+        if (
+            will is not None
+            and self.acl is not None
+            and not self.acl.may_publish(conn.username, client_id, will.topic)
+        ):
+            conn.connack(ReasonCode.NOT_AUTHORIZED)
 
         try:
             claim = await self.hooks.claim_client(client_id)
+            if will is not None:
+                await self.hooks.register_will(client_id, will)
         except ClusterUnavailable:
             conn.connack(ReasonCode.SERVER_UNAVAILABLE)
         if conn.state == CLOSED:
             return
+        # Everything from here on runs without yielding, so no other CONNECT can
+        # slip in between the checks and the session change.
+        if self.stats.clients_connected >= cfg.max_connections and not self._is_takeover(
+            client_id
+        ):
+            limits.connections += 1
+            conn.connack(ReasonCode.QUOTA_EXCEEDED)
 
         existing = self.sessions.get(client_id)
         if existing is not None and existing.connection is not None:
@@ -212,20 +375,14 @@ class Broker:
         else:
             if existing is not None:
                 self._end_session(existing)
-            session = Session(
-                client_id,
-                max_queued=cfg.max_queued_messages,
-                overflow_drops_oldest=cfg.queue_overflow == "drop_oldest",
-                queue_qos0=cfg.queue_qos0,
-            )
+            session = self._new_session(client_id)
             self.sessions[client_id] = session
         if level == 5:
             session.expiry_interval = props.get("session_expiry_interval", 0)
         else:
             session.expiry_interval = 0 if packet.clean_start else NEVER_EXPIRES
         session.will = will
-        if will is not None:
-            await self.hooks.register_will(client_id, will)
+        self._bind_store(session)
 
         conn.client_id = client_id
         conn.session = session
@@ -255,8 +412,38 @@ class Broker:
             session.resume(conn)
         else:
             session.connection = conn
+        if session.store is not None:
+            session.store.save_session(session)  # as connected: a crash now loses the client
+        self.store.hold(conn)  # the CONNACK reports the session the store is writing
+
+    def _is_takeover(self, client_id: str) -> bool:
+        """A CONNECT that replaces a live connection leaves the connection count as it is."""
+        session = self.sessions.get(client_id) if client_id else None
+        return session is not None and session.connection is not None
 
     # -- sessions and wills -------------------------------------------------
+
+    def _new_session(self, client_id: str) -> Session:
+        cfg = self.config
+        return Session(
+            client_id,
+            max_queued=cfg.max_queued_messages,
+            max_queued_bytes=cfg.max_queued_bytes,
+            stats=self.stats,
+            overflow_drops_oldest=cfg.queue_overflow == "drop_oldest",
+            queue_qos0=cfg.queue_qos0,
+        )
+
+    def _bind_store(self, session: Session) -> None:
+        """At CONNECT: a persistent session is journaled (disk durability); a resumed
+        one that no longer persists leaves the store."""
+        session.expires_at = session.will_at = None
+        store = self.store
+        if session.persistent and store.durable:
+            session.store = store
+        elif session.store is not None:
+            session.store.delete_session(session)
+            session.store = None
 
     def _schedule_will(self, session: Session) -> None:
         will = session.will
@@ -268,17 +455,21 @@ class Broker:
             session.will_handle = asyncio.get_running_loop().call_later(
                 delay, self._publish_will, session
             )
+            session.will_at = time.time() + delay
 
     def _publish_will(self, session: Session) -> None:
         will = session.will
         session.will = None
         session.will_handle = None
+        session.will_at = None
         if will is None:
             return
+        if session.store is not None:
+            session.store.save_session(session)
         props = {k: v for k, v in will.properties.items() if k != "will_delay_interval"}
         message = Message.create(will.topic, will.payload, will.qos, will.retain, props)
         self.stats.wills_published += 1
-        if will.retain:
+        if will.retain and self._retained_fits(message):
             self._background(self.hooks.set_retained(will.topic, message if will.payload else None))
         self.route(message)
         self._background(self.hooks.register_will(session.client_id, None))
@@ -294,6 +485,9 @@ class Broker:
             session.will_handle.cancel()
             self._publish_will(session)
         del self.sessions[session.client_id]
+        if session.store is not None:
+            session.store.delete_session(session)
+            session.store = None
         for sub in session.subscriptions.values():
             self._remove_subscription(session.client_id, sub)
         session.subscriptions.clear()
@@ -334,12 +528,20 @@ class Broker:
                 and len(session.incoming_qos2) + conn.incoming_pending
                 >= self.config.receive_maximum
             ):
+                self.stats.limits.receive_maximum += 1
                 conn.protocol_error(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
                 return None
         if topic_levels(topic) > self.config.max_topic_levels:
+            self.stats.limits.topic_levels += 1
             conn.protocol_error(
                 ReasonCode.TOPIC_NAME_INVALID, f"topic {topic!r} has too many levels"
             )
+            return None
+        acl = self.acl
+        if (acl is not None and not acl.may_publish(conn.username, conn.client_id, topic)) or (
+            topic.startswith("$SYS")  # the node's own reports; nobody may forge them
+        ):
+            self._refuse_publish(conn, packet)
             return None
         self.stats.messages_received += 1
         message = Message.create(topic, packet.payload, qos, packet.retain, props, conn.client_id)
@@ -358,8 +560,18 @@ class Broker:
     async def _publish_retained(
         self, conn: MQTTConnection, packet: Publish, message: Message
     ) -> None:
+        store = self._retained_fits(message)
+        if not store and packet.qos and conn.protocol_level == 5:
+            # An error ack means "not accepted": delivering the message anyway
+            # would duplicate it if the publisher sends it again.
+            assert packet.packet_id is not None
+            ack = Puback if packet.qos == 1 else Pubrec
+            problem = conn.problem("retained message limit reached")
+            conn.send(ack(packet.packet_id, ReasonCode.QUOTA_EXCEEDED, problem))
+            return
         with self._awaiting_cluster(conn):
-            await self.hooks.set_retained(message.topic, message if message.payload else None)
+            if store:
+                await self.hooks.set_retained(message.topic, message if message.payload else None)
             matched, pending = self.route(message)
             if pending is not None:
                 await pending
@@ -386,12 +598,47 @@ class Broker:
         finally:
             conn.incoming_pending -= 1
 
+    def _refuse_publish(self, conn: MQTTConnection, packet: Publish) -> None:
+        """A denied PUBLISH (ACL, or a $SYS topic): v5 learns why (0x87); v3 has no way to
+        say so, so the message is acknowledged and dropped, as Mosquitto does."""
+        if not packet.qos:
+            return
+        if conn.protocol_level != 5:
+            self._ack(conn, packet, 1)
+            return
+        assert packet.packet_id is not None
+        ack = Puback if packet.qos == 1 else Pubrec
+        conn.send(ack(packet.packet_id, ReasonCode.NOT_AUTHORIZED, conn.problem("not authorized")))
+
+    def _retained_fits(self, message: Message) -> bool:
+        """Whether storing ``message`` as retained stays within the node's retained limits.
+
+        Clearing (empty payload) always fits. Counted when it does not; the
+        caller decides what the publisher is told.
+        """
+        if not message.payload:
+            return True
+        cfg = self.config
+        old = self.retained.get(message.topic)
+        full = cfg.max_retained_messages and len(self.retained) >= cfg.max_retained_messages
+        if old is None and full:
+            self.stats.limits.retained_messages += 1
+            return False
+        grown = self.stats.retained_bytes - retained_size(old) + retained_size(message)
+        if cfg.max_retained_bytes and grown > cfg.max_retained_bytes:
+            self.stats.limits.retained_bytes += 1
+            return False
+        return True
+
     def _ack(self, conn: MQTTConnection, packet: Publish, matched: int) -> None:
         pid = packet.packet_id
         assert pid is not None
         if packet.qos == 2:
             assert conn.session is not None
-            conn.session.incoming_qos2.add(pid)
+            conn.session.add_incoming(pid)
+        store = self.store
+        if store.pending:
+            store.hold(conn)  # the ack waits for the commit of what the message changed
         if matched or conn.protocol_level != 5:
             header = PUBACK_HEADER if packet.qos == 1 else PUBREC_HEADER
             conn.write(header + PACKET_ID_BYTES[pid])
@@ -435,8 +682,7 @@ class Broker:
 
     def _hand_to(self, session: Session, delivery: Delivery) -> None:
         """Deliver, and make a publisher wait if the subscriber cannot keep up."""
-        if not session.deliver(delivery):
-            self.stats.messages_dropped += 1
+        session.deliver(delivery)  # drops are counted by the session
         conn = session.connection
         if conn is not None and conn.write_paused and self._publishing is not None:
             conn.hold(self._publishing)
@@ -510,10 +756,18 @@ class Broker:
                 conn.protocol_error(ReasonCode.PROTOCOL_ERROR, "no local on a shared subscription")
                 raise Disconnected
             if topic_levels(full_filter) > cfg.max_topic_levels:
+                self.stats.limits.topic_levels += 1
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if level == 5 else 0x80)
                 problems.append(f"{full_filter!r} has more than {cfg.max_topic_levels} levels")
                 continue
             group, topic_filter = shared if shared is not None else (None, full_filter)
+            acl = self.acl
+            if acl is not None and not acl.may_subscribe(
+                conn.username, session.client_id, topic_filter
+            ):
+                codes.append(ReasonCode.NOT_AUTHORIZED if level == 5 else 0x80)
+                problems.append(f"{full_filter!r}: not authorized")
+                continue
             sub = Subscription(
                 topic_filter,
                 opts.qos,
@@ -531,6 +785,8 @@ class Broker:
                 problems.append(f"{full_filter!r}: cluster unavailable")
                 continue
             session.subscriptions[full_filter] = sub
+            if session.store is not None:
+                session.store.save_subscription(session, full_filter, sub)
             codes.append(opts.qos)
             if group is None and (
                 opts.retain_handling == 0 or (opts.retain_handling == 1 and not existed)
@@ -558,6 +814,8 @@ class Broker:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
                 continue
             self._remove_subscription(session.client_id, sub)
+            if session.store is not None:
+                session.store.delete_subscription(session, full_filter)
             codes.append(ReasonCode.SUCCESS)
         conn.send(Unsuback(packet.packet_id, codes))
 
@@ -601,10 +859,16 @@ class Broker:
         self.deliver_local(message)
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
+        """The one place retained messages change, so the byte count stays exact."""
+        old = self.retained.get(topic)
         if message is None:
             self.retained.delete(topic)
         else:
             self.retained.set(topic, message)
+        self.stats.retained_bytes += retained_size(message) - retained_size(old)
+        if not self._restoring and not topic.startswith("$SYS/"):
+            # $SYS is the node's own, rebuilt every sys_interval: not worth keeping.
+            self.store.set_retained(topic, message)
 
     def publish_local(self, topic: str, payload: bytes, retain: bool) -> None:
         """A message the node itself makes ($SYS); kept on this node, never replicated."""

@@ -22,11 +22,14 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-LISTEN_SCHEMES = ("tcp", "ws")
+LISTEN_SCHEMES = ("tcp", "ws", "mqtts", "wss")
+TLS_SCHEMES = ("mqtts", "wss")
+CERT_USERNAME_SOURCES = ("off", "cn", "san")
 DEFAULT_LISTEN = "tcp://127.0.0.1:1883"
 DEFAULT_WS_PATH = "/mqtt"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 QUEUE_OVERFLOW_POLICIES = ("drop_new", "drop_oldest")
+DURABILITY_MODES = ("disk", "memory")
 OVERRIDES_ORIGIN = "command line"
 UNSET = "unset"  # how a default of None is documented
 
@@ -58,13 +61,17 @@ class ListenAddress:
         except ValueError:
             return False
 
+    @property
+    def is_tls(self) -> bool:
+        return self.scheme in TLS_SCHEMES
+
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
 def parse_listen(url: str, *, source: str = "--listen") -> ListenAddress:
-    """Parse ``tcp://HOST:PORT`` or ``ws://HOST:PORT[/PATH]``; ``source`` prefixes errors."""
+    """Parse ``tcp|mqtts://HOST:PORT`` or ``ws|wss://HOST:PORT[/PATH]``; errors name ``source``."""
     try:
         return _parse_listen_url(url)
     except ValueError as exc:
@@ -97,9 +104,9 @@ def _parse_listen_url(url: str) -> ListenAddress:
     if port is None:
         raise ValueError(f"missing port in listen URL {url!r} (use port 0 to pick a free one)")
     path = parts.path
-    if scheme == "tcp":
+    if scheme in ("tcp", "mqtts"):
         if path not in ("", "/"):
-            raise ValueError(f"tcp listen URL {url!r} cannot have a path")
+            raise ValueError(f"{scheme} listen URL {url!r} cannot have a path")
         path = ""
     elif not path:
         path = DEFAULT_WS_PATH
@@ -163,7 +170,8 @@ class Config:
         default_factory=lambda: [parse_listen(DEFAULT_LISTEN)],
         metadata=_rule(
             help="Addresses clients connect to: tcp://HOST:PORT or ws://HOST:PORT/PATH "
-            f"(WebSocket path defaults to {DEFAULT_WS_PATH}). Port 0 picks a free port.",
+            f"(WebSocket path defaults to {DEFAULT_WS_PATH}), and their TLS forms "
+            "mqtts:// and wss://. Port 0 picks a free port.",
         ),
     )
     data_dir: str = field(
@@ -172,6 +180,15 @@ class Config:
             help="Directory for this node's durable state (sessions, queued messages, Raft log).",
             pattern=r".+",
             allowed="a non-empty path",
+        ),
+    )
+    durability: str = field(
+        default="disk",
+        metadata=_rule(
+            help="Where persistent sessions (subscriptions, queued and in-flight QoS 1/2 "
+            "messages) and retained messages live: disk (SQLite in data_dir; they survive "
+            "kill -9 of the node) or memory (faster; lost when the node stops).",
+            choices=DURABILITY_MODES,
         ),
     )
     node_id: str = field(
@@ -187,6 +204,54 @@ class Config:
         metadata=_rule(
             help="Accept clients without credentials. Unset: only when every listener "
             "is on a loopback address.",
+        ),
+    )
+    password_file: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="File of users and salted scrypt hashes, made with `raftmq passwd`; "
+            "reloaded on SIGHUP. Unset: usernames are not checked and count as anonymous.",
+        ),
+    )
+    acl_file: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="File of topic access rules (Mosquitto syntax: user, topic, pattern); "
+            "reloaded on SIGHUP. Unset: every client may publish and subscribe anywhere.",
+        ),
+    )
+    tls_cert: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM server certificate (chain) for mqtts:// and wss:// listeners.",
+        ),
+    )
+    tls_key: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM private key of tls_cert.",
+        ),
+    )
+    tls_ca: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM CA certificate(s) that client certificates must be signed by.",
+        ),
+    )
+    tls_require_client_cert: bool = field(
+        default=False,
+        metadata=_rule(
+            help="Mutual TLS: refuse the TLS handshake of clients without a valid "
+            "certificate signed by tls_ca.",
+        ),
+    )
+    tls_cert_as_username: str = field(
+        default="off",
+        metadata=_rule(
+            help="Take the username of TLS clients from their certificate: its subject "
+            "CN (cn) or its first DNS/email/URI subject alternative name (san); "
+            "needs tls_require_client_cert.",
+            choices=CERT_USERNAME_SOURCES,
         ),
     )
     max_packet_size: int = field(
@@ -223,6 +288,14 @@ class Config:
             ge=1,
         ),
     )
+    max_queued_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_rule(
+            help="Payload bytes a session may hold waiting for delivery; a message that "
+            "does not fit overflows per queue_overflow. 0: no byte limit.",
+            ge=0,
+        ),
+    )
     queue_overflow: str = field(
         default="drop_new",
         metadata=_rule(
@@ -254,6 +327,31 @@ class Config:
             ge=1,
         ),
     )
+    max_client_id_length: int = field(
+        default=256,
+        metadata=_rule(
+            help="Longest client id accepted, in UTF-8 bytes; longer ones get "
+            "CONNACK 0x85 (v3: return code 2).",
+            ge=23,
+            le=65535,
+        ),
+    )
+    max_retained_messages: int = field(
+        default=100_000,
+        metadata=_rule(
+            help="Retained messages this node stores; a retained PUBLISH on a new topic "
+            "beyond it is not stored. 0: no limit.",
+            ge=0,
+        ),
+    )
+    max_retained_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_rule(
+            help="Topic plus payload bytes of all retained messages together; a retained "
+            "PUBLISH that would pass it is not stored. 0: no limit.",
+            ge=0,
+        ),
+    )
     topic_alias_maximum: int = field(
         default=10,
         metadata=_rule(
@@ -265,8 +363,17 @@ class Config:
     max_connections: int = field(
         default=100_000,
         metadata=_rule(
-            help="Most client connections this node holds at once.",
+            help="Most client connections this node holds at once; more get CONNACK 0x97 "
+            "(v3: 3). Sockets past it by a tenth (at least 16) are closed when accepted.",
             ge=1,
+        ),
+    )
+    max_publish_rate: float = field(
+        default=0.0,
+        metadata=_rule(
+            help="PUBLISH packets per second one client may send on average, in bursts of up "
+            "to one second's worth; faster clients are disconnected (v5: 0x96). 0: no limit.",
+            ge=0,
         ),
     )
     connect_timeout: float = field(
@@ -352,6 +459,13 @@ def _as_optional_bool(value: object) -> bool | None:
     raise TypeError("a boolean")
 
 
+def _as_optional_str(value: object) -> str | None:
+    # None only arrives through overrides (TOML has no null): it means "unset".
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("a string")
+
+
 def _as_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -382,10 +496,11 @@ _TYPES: dict[object, tuple[str, Callable[[object], object], str]] = {
     str: ("string", _as_str, "any string"),
     bool: ("boolean", _as_bool, "true or false"),
     bool | None: ("boolean", _as_optional_bool, "true or false"),
+    str | None: ("string", _as_optional_str, "a file path"),
     list[ListenAddress]: (
         "URL or array of URLs",
         _as_listen,
-        "tcp:// or ws:// URLs with host and port, at least one",
+        "tcp://, ws://, mqtts:// or wss:// URLs with host and port, at least one",
     ),
 }
 
@@ -489,7 +604,25 @@ def load_config(
         values.update(_parse_table(_read_toml(path), os.fspath(path)))
     if overrides:
         values.update(_parse_table(overrides, OVERRIDES_ORIGIN))
-    return Config(**values)
+    config = Config(**values)
+    _check_tls_keys(config, os.fspath(path) if path is not None else OVERRIDES_ORIGIN)
+    return config
+
+
+def _check_tls_keys(config: Config, origin: str) -> None:
+    """Keys that only make sense together: caught here rather than at the first TLS client."""
+    tls = [address.url() for address in config.listen if address.is_tls]
+    if tls and (config.tls_cert is None or config.tls_key is None):
+        raise ConfigError(f"{origin}: listener {tls[0]} needs both 'tls_cert' and 'tls_key'")
+    if config.tls_require_client_cert and config.tls_ca is None:
+        raise ConfigError(
+            f"{origin}: key 'tls_require_client_cert' needs 'tls_ca', "
+            "the CA that signs the client certificates"
+        )
+    if config.tls_cert_as_username != "off" and not config.tls_require_client_cert:
+        raise ConfigError(
+            f"{origin}: key 'tls_cert_as_username' needs 'tls_require_client_cert = true'"
+        )
 
 
 def _code(default: str) -> str:

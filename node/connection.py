@@ -14,11 +14,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from .codec import Decoder, MQTTProtocolError, encode, encode_publish_parts
-from .hooks import ClusterUnavailable
+from .limits import TokenBucket
 from .packets import (
     Auth,
     Connack,
@@ -46,6 +46,13 @@ log = logging.getLogger("raftmq.connection")
 CONNECTING, CONNECTED, CLOSED = 0, 1, 2
 PACKET_ID_BYTES = [i.to_bytes(2, "big") for i in range(0x10000)]
 PINGRESP_BYTES = b"\xd0\x00"
+NOBODY: frozenset[MQTTConnection] = frozenset()
+MAX_PACKETS_PER_TURN = 256
+"""Packets one connection handles per loop turn before it lets the others run.
+
+uvloop hands over up to 256 KiB per read; a hundred busy publishers would
+otherwise make one loop turn last seconds, starving writes and timers.
+"""
 
 
 class Disconnected(Exception):
@@ -53,6 +60,46 @@ class Disconnected(Exception):
 
 
 class MQTTConnection(asyncio.Protocol):
+    # Slots: a node holds tens of thousands of these, and a per-instance dict
+    # would be the largest part of each.
+    __slots__ = (
+        "_backlog",
+        "_busy",
+        "_out",
+        "_stall_mark",
+        "_stall_timer",
+        "alias_out_max",
+        "aliases_in",
+        "aliases_out",
+        "awaiting_commit",
+        "broker",
+        "clean_disconnect",
+        "client_id",
+        "config",
+        "decoder",
+        "epoch",
+        "held_by",
+        "holding",
+        "incoming_pending",
+        "keepalive",
+        "last_activity",
+        "listener",
+        "loop",
+        "max_outgoing_size",
+        "peer",
+        "problem_info",
+        "protocol_level",
+        "publish_bucket",
+        "send_window",
+        "session",
+        "stalled",
+        "state",
+        "timer",
+        "transport",
+        "username",
+        "write_paused",
+    )
+
     def __init__(self, broker: Broker, listener: str) -> None:
         self.broker = broker
         self.config = broker.config
@@ -63,6 +110,8 @@ class MQTTConnection(asyncio.Protocol):
         self.state = CONNECTING
         self.protocol_level = 4
         self.client_id = ""
+        self.username: str | None = None
+        """Who authenticated (password or TLS certificate); None for anonymous clients."""
         self.session: Session | None = None
         self.epoch = 0
         self.keepalive = 0
@@ -79,25 +128,23 @@ class MQTTConnection(asyncio.Protocol):
         self.clean_disconnect = False
         self.peer = "?"
         self._backlog: deque[Packet] = deque()
+        """Packets read but not yet handled: while a task runs, or past this turn's share."""
         self._out: list[bytes] = []
+        self.awaiting_commit = False
+        """Output reports state the store has not committed yet; it releases it after."""
         self._busy = False
-        self.held_by: set[MQTTConnection] = set()
-        self.holding: set[MQTTConnection] = set()
+        self.held_by: set[MQTTConnection] | frozenset[MQTTConnection] = NOBODY
+        """Slow readers this publisher waits for (a set only once there is one)."""
+        self.holding: set[MQTTConnection] | frozenset[MQTTConnection] = NOBODY
+        """Publishers waiting for this connection to drain."""
         self.stalled = False
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._handlers: dict[type, Callable[[Any], Coroutine[Any, Any, None] | None]] = {
-            Publish: self.on_publish,
-            Puback: self.on_puback,
-            Pubrec: self.on_pubrec,
-            Pubrel: self.on_pubrel,
-            Pubcomp: self.on_pubcomp,
-            Subscribe: self.on_subscribe,
-            Unsubscribe: self.on_unsubscribe,
-            Pingreq: self.on_pingreq,
-            Disconnect: self.on_disconnect,
-            Connect: self.on_connect,
-            Auth: self.on_auth,
-        }
+        self._stall_mark = 0
+        rate = broker.config.max_publish_rate
+        self.publish_bucket = (
+            TokenBucket(rate, max(rate, 1.0), self.loop.time()) if rate > 0 else None
+        )
+        """max_publish_rate, fed with the time each read arrived; None when unlimited."""
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -106,9 +153,15 @@ class MQTTConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self.broker.connection_opened(self):
+            # Far over max_connections: a reset frees the socket at once.
+            self.state = CLOSED
+            self.transport.abort()
+            return
         self.last_activity = self.loop.time()
+        # Cancelled only once CONNECT succeeded (start_keepalive): bytes that
+        # trickle in, or half a CONNECT, do not extend it.
         self.timer = self.loop.call_later(self.config.connect_timeout, self._connect_timed_out)
-        self.broker.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -116,13 +169,27 @@ class MQTTConnection(asyncio.Protocol):
         try:
             packets = self.decoder.feed(data)
         except MQTTProtocolError as exc:
+            if exc.reason_code == ReasonCode.PACKET_TOO_LARGE:
+                self.broker.stats.limits.packet_size += 1
             self.protocol_error(exc.reason_code, str(exc))
             return
         if self._busy:
             self._backlog.extend(packets)
-            return
+        else:
+            self._handle(packets)
+
+    def _handle(self, packets: list[Packet]) -> None:
+        """Handle packets in order, synchronously while they allow it.
+
+        At the first packet that must wait for the cluster, or once this turn's
+        share is used, the rest goes to the backlog and one task carries on.
+        """
         for index, packet in enumerate(packets):
             if self.state == CLOSED:
+                return
+            if index == MAX_PACKETS_PER_TURN:
+                self._backlog.extend(packets[index:])
+                self._run_async(None)
                 return
             pending = self._dispatch(packet)
             if pending is not None:
@@ -135,6 +202,11 @@ class MQTTConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        assert self.transport is not None
+        self._stall_mark = self.transport.get_write_buffer_size()
         self._stall_timer = self.loop.call_later(
             self.config.write_stall_timeout, self._stall_expired
         )
@@ -163,19 +235,27 @@ class MQTTConnection(asyncio.Protocol):
         """Stop reading ``publisher`` until this (slow) connection drains."""
         if self.stalled or publisher in self.holding:
             return
-        self.holding.add(publisher)
-        publisher.held_by.add(self)
+        if not self.holding:
+            self.holding = set()
+        self.holding.add(publisher)  # type: ignore[union-attr]
+        if not publisher.held_by:
+            publisher.held_by = set()
+        publisher.held_by.add(self)  # type: ignore[union-attr]
         publisher.update_reading()
 
     def _release_held(self) -> None:
-        for publisher in self.holding:
-            publisher.held_by.discard(self)
+        holding, self.holding = self.holding, NOBODY
+        for publisher in holding:
+            publisher.held_by.discard(self)  # type: ignore[union-attr]
             publisher.update_reading()
-        self.holding.clear()
 
     def _stall_expired(self) -> None:
+        """Stalled means no progress at all: a reader that drains slowly still holds publishers."""
         self._stall_timer = None
-        if self.write_paused and self.state != CLOSED:
+        if self.write_paused and self.state != CLOSED and self.transport is not None:
+            if self.transport.get_write_buffer_size() < self._stall_mark:
+                self._arm_stall_timer()
+                return
             log.warning(
                 "client %r stopped reading; no longer holding publishers back", self.client_id
             )
@@ -197,29 +277,37 @@ class MQTTConnection(asyncio.Protocol):
         if self.state == CONNECTING and not isinstance(packet, Connect):
             self.protocol_error(ReasonCode.PROTOCOL_ERROR, f"{packet.type.name} before CONNECT")
             return None
-        return self._handlers[type(packet)](packet)
+        return HANDLERS[type(packet)](self, packet)
 
-    def _run_async(self, work: Coroutine[Any, Any, None]) -> None:
+    def _run_async(self, work: Coroutine[Any, Any, None] | None) -> None:
         self._busy = True
         self.update_reading()
         self.loop.create_task(self._finish_async(work))
 
-    async def _finish_async(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except Disconnected:
-            return
-        except Exception:
-            log.exception("client %r: internal error", self.client_id)
-            self.disconnect(ReasonCode.UNSPECIFIED_ERROR, "internal error")
-            return
-        while self._backlog and self.state != CLOSED:
-            pending = self._dispatch(self._backlog.popleft())
-            if pending is not None:
+    async def _finish_async(self, work: Coroutine[Any, Any, None] | None) -> None:
+        """Await ``work``, then handle the backlog a turn's share at a time, then read again."""
+        backlog = self._backlog
+        while self.state != CLOSED:
+            if work is None:
+                await asyncio.sleep(0)  # let other connections, and this turn's writes, go first
+            else:
                 try:
-                    await pending
+                    await work
                 except Disconnected:
                     return
+                except Exception:
+                    log.exception("client %r: internal error", self.client_id)
+                    self.disconnect(ReasonCode.UNSPECIFIED_ERROR, "internal error")
+                    return
+                work = None
+            handled = 0
+            while backlog and work is None and handled < MAX_PACKETS_PER_TURN:
+                if self.state == CLOSED:
+                    return
+                work = self._dispatch(backlog.popleft())
+                handled += 1
+            if work is None and not backlog:
+                break
         self._busy = False
         self.update_reading()
 
@@ -238,12 +326,17 @@ class MQTTConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         out = self._out
-        if not out:
+        if not out or self.awaiting_commit:
             return
         self._out = []
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.writelines(out)
+
+    def release_output(self) -> None:
+        """The store committed what this connection's output acknowledges: send it."""
+        self.awaiting_commit = False
+        self._flush()
 
     def send(self, packet: Packet) -> None:
         if self.transport is None or self.state == CLOSED:
@@ -344,6 +437,8 @@ class MQTTConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now; what is already written still goes out before the socket closes."""
+        if self.awaiting_commit:
+            self.broker.store.commit()
         self._flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -363,9 +458,9 @@ class MQTTConnection(asyncio.Protocol):
         self.state = CLOSED
         self._backlog.clear()
         self._release_held()
-        for slow in self.held_by:
-            slow.holding.discard(self)
-        self.held_by.clear()
+        held_by, self.held_by = self.held_by, NOBODY
+        for slow in held_by:
+            slow.holding.discard(self)  # type: ignore[union-attr]
         self.broker.connection_closed(self, was_connected)
 
     def _connect_timed_out(self) -> None:
@@ -374,6 +469,7 @@ class MQTTConnection(asyncio.Protocol):
             log.info(
                 "client at %s sent no CONNECT within %ss", self.peer, self.config.connect_timeout
             )
+            self.broker.stats.limits.connect_timeout += 1
             self.close()
 
     def _keepalive_check(self) -> None:
@@ -413,6 +509,12 @@ class MQTTConnection(asyncio.Protocol):
             self.write(PINGRESP_BYTES)
 
     def on_publish(self, packet: Publish) -> Coroutine[Any, Any, None] | None:
+        bucket = self.publish_bucket
+        if bucket is not None and not bucket.take(self.last_activity):
+            self.broker.stats.limits.publish_rate += 1
+            rate = self.config.max_publish_rate
+            self.disconnect(ReasonCode.MESSAGE_RATE_TOO_HIGH, f"more than {rate} PUBLISH/s")
+            return None
         return self.broker.handle_publish(self, packet)
 
     def on_puback(self, packet: Puback) -> None:
@@ -435,8 +537,7 @@ class MQTTConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
-        if packet.packet_id in session.incoming_qos2:
-            session.incoming_qos2.discard(packet.packet_id)
+        if session.release_incoming(packet.packet_id):
             self.send(Pubcomp(packet.packet_id))
         else:
             self.send(Pubcomp(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
@@ -476,10 +577,18 @@ class MQTTConnection(asyncio.Protocol):
         self.close()
         raise Disconnected
 
-    async def await_then(self, pending: Awaitable[None], then: Callable[[], None]) -> None:
-        try:
-            await pending
-        except ClusterUnavailable:
-            self.disconnect(ReasonCode.SERVER_UNAVAILABLE, "cluster unavailable")
-            raise Disconnected from None
-        then()
+
+HANDLERS: dict[type, Callable[[MQTTConnection, Any], Coroutine[Any, Any, None] | None]] = {
+    Publish: MQTTConnection.on_publish,
+    Puback: MQTTConnection.on_puback,
+    Pubrec: MQTTConnection.on_pubrec,
+    Pubrel: MQTTConnection.on_pubrel,
+    Pubcomp: MQTTConnection.on_pubcomp,
+    Subscribe: MQTTConnection.on_subscribe,
+    Unsubscribe: MQTTConnection.on_unsubscribe,
+    Pingreq: MQTTConnection.on_pingreq,
+    Disconnect: MQTTConnection.on_disconnect,
+    Connect: MQTTConnection.on_connect,
+    Auth: MQTTConnection.on_auth,
+}
+"""Packet class to handler; one table for all connections."""

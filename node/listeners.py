@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import ListenAddress
 from .connection import MQTTConnection
@@ -14,30 +14,45 @@ if TYPE_CHECKING:
 
 
 async def open_listener(broker: Broker, address: ListenAddress) -> tuple[asyncio.Server, str]:
-    """Bind ``address`` and return the server with the URL it really got (port 0 resolved)."""
+    """Bind ``address`` and return the server with the URL it really got (port 0 resolved).
+
+    mqtts:// and wss:// are tcp:// and ws:// with the node's TLS context; the
+    handshake must finish within connect_timeout, like CONNECT itself.
+    """
     loop = asyncio.get_running_loop()
-    if address.scheme == "tcp":
+    tls: dict[str, Any] = {}
+    if address.is_tls:
+        if broker.tls_context is None:
+            raise ValueError(f"listener {address.url()}: no TLS context (tls_cert and tls_key)")
+        tls = {"ssl": broker.tls_context, "ssl_handshake_timeout": broker.config.connect_timeout}
+    if address.scheme in ("tcp", "mqtts"):
         server = await loop.create_server(
             lambda: MQTTConnection(broker, address.scheme),
             address.host,
             address.port,
             reuse_address=True,
             backlog=4096,
+            **tls,
         )
-    elif address.scheme == "ws":
-        # A WebSocket message may carry several MQTT packets, so the message limit
-        # is generous; the MQTT decoder enforces max_packet_size per packet.
-        max_size = 4 * broker.config.max_packet_size
+    elif address.scheme in ("ws", "wss"):
+        # The WebSocket layer buffers a whole frame before the MQTT decoder sees
+        # it, so its limit is what bounds a WebSocket client's read buffer: the
+        # same max_packet_size as on TCP. A client may still split or batch
+        # packets across messages; only one message above the limit is refused.
+        # The opening handshake gets connect_timeout, like CONNECT after it.
+        config = broker.config
         server = await loop.create_server(
             lambda: WebSocketServerProtocol(
                 lambda: MQTTConnection(broker, address.scheme),
                 path=address.path,
-                max_message_size=max_size,
+                max_message_size=config.max_packet_size,
+                handshake_timeout=config.connect_timeout,
             ),
             address.host,
             address.port,
             reuse_address=True,
             backlog=4096,
+            **tls,
         )
     else:
         raise ValueError(f"listener {address.url()}: unsupported scheme {address.scheme!r}")

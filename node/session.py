@@ -5,6 +5,11 @@ packet ids, the queue of messages waiting for that window or for the client
 to come back, and the ids of incoming QoS 2 messages awaiting PUBREL. The
 connection that currently serves it is a separate object; it is swapped on
 resume and set to None while the client is away.
+
+A persistent session on a node with ``durability = "disk"`` has a ``store``
+that is told every change to its QoS 1/2 deliveries and incoming QoS 2 ids,
+so that they survive a crash (see ``store``); otherwise ``store`` is None and
+costs one attribute test.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from typing import TYPE_CHECKING
 
 from .message import Message
 from .packets import Will
+from .stats import Stats
 
 if TYPE_CHECKING:
     from .connection import MQTTConnection
+    from .store import SessionStore
 
 NEVER_EXPIRES = 0xFFFFFFFF
 
@@ -44,6 +51,8 @@ class Delivery:
     qos: int
     retain: bool
     subscription_ids: tuple[int, ...] = ()
+    seq: int = 0
+    """Its place in the session's stored deliveries; 0 while it is not stored."""
 
 
 @dataclass(slots=True)
@@ -63,17 +72,24 @@ class Session:
     __slots__ = (
         "client_id",
         "connection",
+        "expires_at",
         "expiry_handle",
         "expiry_interval",
         "incoming_qos2",
         "max_queued",
+        "max_queued_bytes",
         "next_packet_id",
+        "next_seq",
         "outgoing",
         "overflow_drops_oldest",
         "queue",
         "queue_qos0",
+        "queued_bytes",
+        "stats",
+        "store",
         "subscriptions",
         "will",
+        "will_at",
         "will_handle",
     )
 
@@ -84,6 +100,8 @@ class Session:
         max_queued: int,
         overflow_drops_oldest: bool,
         queue_qos0: bool,
+        max_queued_bytes: int = 0,
+        stats: Stats | None = None,
     ) -> None:
         self.client_id = client_id
         self.connection: MQTTConnection | None = None
@@ -96,9 +114,21 @@ class Session:
         self.will: Will | None = None
         self.will_handle: asyncio.TimerHandle | None = None
         self.expiry_handle: asyncio.TimerHandle | None = None
+        self.store: SessionStore | None = None
+        """Set while the session persists on a node that keeps state on disk."""
+        self.next_seq = 1
+        self.expires_at: float | None = None
+        """time.time() at which the session ends, while its client is away (for the store)."""
+        self.will_at: float | None = None
+        """time.time() at which its delayed will is due (for the store)."""
         self.max_queued = max_queued
         self.overflow_drops_oldest = overflow_drops_oldest
         self.queue_qos0 = queue_qos0
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        """Payload bytes in ``queue``, bounded by max_queued_bytes (0: unbounded)."""
+        self.stats = stats if stats is not None else Stats()
+        """Where this session counts the messages it drops (the node's Stats)."""
 
     @property
     def persistent(self) -> bool:
@@ -120,19 +150,67 @@ class Session:
                 self._send_tracked(conn, delivery)
                 return True
         elif conn is None and delivery.qos == 0 and not self.queue_qos0:
+            self.stats.messages_dropped += 1
             return False
         return self._enqueue(delivery)
 
     def _enqueue(self, delivery: Delivery) -> bool:
-        """Queue within the bound; False when the overflow policy dropped a message."""
-        if len(self.queue) >= self.max_queued:
-            if not self.overflow_drops_oldest:
-                return False
-            self.queue.popleft()
-            self.queue.append(delivery)
+        """Queue within both bounds; False when the overflow policy dropped a message."""
+        queue = self.queue
+        size = len(delivery.message.payload)
+        max_bytes = self.max_queued_bytes
+        fits = not max_bytes or self.queued_bytes + size <= max_bytes
+        if fits and len(queue) < self.max_queued:
+            queue.append(delivery)
+            self.queued_bytes += size
+            if self.store is not None and delivery.qos:
+                self.store.queue_delivery(self, delivery)
+            return True
+        return self._overflow(delivery, size)
+
+    def _overflow(self, delivery: Delivery, size: int) -> bool:
+        """The queue is full for ``delivery``: drop it, or (drop_oldest) make room for it.
+
+        drop_oldest may have to drop several small messages to make room for
+        one large one; a message larger than the whole byte bound is dropped
+        itself rather than emptying the queue for nothing.
+        """
+        queue = self.queue
+        max_bytes = self.max_queued_bytes
+        limit = self._full(size)
+        assert limit is not None
+        if not self.overflow_drops_oldest or (max_bytes and size > max_bytes):
+            self._count_drop(limit)
             return False
-        self.queue.append(delivery)
-        return True
+        store = self.store
+        while limit is not None and queue:
+            dropped = queue.popleft()
+            self.queued_bytes -= len(dropped.message.payload)
+            if store is not None:
+                store.remove_delivery(self, dropped)
+            self._count_drop(limit)
+            limit = self._full(size)
+        queue.append(delivery)
+        self.queued_bytes += size
+        if store is not None and delivery.qos:
+            store.queue_delivery(self, delivery)
+        return False
+
+    def _full(self, size: int) -> str | None:
+        """Which bound a message of ``size`` payload bytes would pass, if any."""
+        if len(self.queue) >= self.max_queued:
+            return "queued_messages"
+        if self.max_queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
+            return "queued_bytes"
+        return None
+
+    def _count_drop(self, limit: str) -> None:
+        stats = self.stats
+        stats.messages_dropped += 1
+        if limit == "queued_messages":
+            stats.limits.queued_messages += 1
+        else:
+            stats.limits.queued_bytes += 1
 
     def _allocate_packet_id(self) -> int:
         pid = self.next_packet_id
@@ -145,6 +223,8 @@ class Session:
     def _send_tracked(self, conn: MQTTConnection, delivery: Delivery) -> None:
         pid = self._allocate_packet_id()
         self.outgoing[pid] = Outgoing(delivery)
+        if self.store is not None:
+            self.store.send_delivery(self, delivery, pid)
         conn.send_publish(delivery, pid, False)
 
     def acknowledge(self, packet_id: int, qos: int) -> bool:
@@ -153,6 +233,8 @@ class Session:
         if entry is None or entry.delivery.qos != qos:
             return False
         del self.outgoing[packet_id]
+        if self.store is not None:
+            self.store.remove_delivery(self, entry.delivery)
         self.drain()
         return True
 
@@ -162,6 +244,8 @@ class Session:
         if entry is None or entry.delivery.qos != 2:
             return False
         entry.released = True
+        if self.store is not None:
+            self.store.release_delivery(self, entry.delivery)
         return True
 
     def drain(self) -> None:
@@ -176,7 +260,10 @@ class Session:
             if head.qos and len(self.outgoing) >= conn.send_window:
                 return
             queue.popleft()
+            self.queued_bytes -= len(head.message.payload)
             if head.message.expired(now):
+                if self.store is not None:
+                    self.store.remove_delivery(self, head)
                 continue
             if head.qos:
                 self._send_tracked(conn, head)
@@ -196,11 +283,29 @@ class Session:
                 conn.send_pubrel(pid)
             elif entry.delivery.message.expired(now):
                 del self.outgoing[pid]
+                if self.store is not None:
+                    self.store.remove_delivery(self, entry.delivery)
             else:
                 conn.send_publish(entry.delivery, pid, True)
         self.drain()
 
+    def add_incoming(self, packet_id: int) -> None:
+        """A QoS 2 PUBLISH was taken: a resend with this id must not be delivered again."""
+        self.incoming_qos2.add(packet_id)
+        if self.store is not None:
+            self.store.add_incoming(self, packet_id)
+
+    def release_incoming(self, packet_id: int) -> bool:
+        """PUBREL for an incoming QoS 2 message; False if the id was not awaiting one."""
+        if packet_id not in self.incoming_qos2:
+            return False
+        self.incoming_qos2.discard(packet_id)
+        if self.store is not None:
+            self.store.remove_incoming(self, packet_id)
+        return True
+
     def clear_delivery_state(self) -> None:
         self.queue.clear()
+        self.queued_bytes = 0
         self.outgoing.clear()
         self.incoming_qos2.clear()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .limits import LimitCounters
+
 
 @dataclass(slots=True)
 class Stats:
@@ -23,6 +25,9 @@ class Stats:
     bytes_sent: int = 0
     protocol_errors: int = 0
     wills_published: int = 0
+    retained_bytes: int = 0
+    """Topic + payload bytes of every retained message, counted against max_retained_bytes."""
+    limits: LimitCounters = field(default_factory=LimitCounters)
 
     @property
     def uptime(self) -> int:

@@ -56,7 +56,9 @@ class SysPublisher:
             "bytes/received": stats.bytes_received,
             "bytes/sent": stats.bytes_sent,
             "retained messages/count": len(broker.retained),
+            "retained messages/bytes": stats.retained_bytes,
             "subscriptions/count": len(broker.subscriptions) + len(broker.shared),
         }
+        values.update((f"limits/{name}", count) for name, count in stats.limits.items())
         for name, value in values.items():
             broker.publish_local(f"$SYS/broker/{name}", str(value).encode(), True)

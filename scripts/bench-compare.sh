@@ -1,134 +1,136 @@
 #!/usr/bin/env bash
-# Run one `raftmq bench` scenario against Mosquitto and raftmq on this machine
-# and print the median figures side by side, with ratios against Mosquitto.
+# Run `raftmq bench` against Mosquitto, amqtt and raftmq on this machine, side by side.
 #
-#   scripts/bench-compare.sh [--runs N] [bench options...]
-#   scripts/bench-compare.sh                      # pairs, 10 -> 10, 10,000 msgs each, QoS 0
+#   scripts/bench-compare.sh --all                  # issue 3's table -> BENCHMARKS.md + charts
+#   scripts/bench-compare.sh                        # pairs 10 -> 10, 10,000 msgs each, QoS 0
 #   scripts/bench-compare.sh fanout --clients 50 --qos 1
-#   scripts/bench-compare.sh --runs 5 latency --rate 20000
+#   scripts/bench-compare.sh --runs 5 --brokers mosquitto,raftmq latency --rate 20000
 #
-# Every run gets a freshly started broker on a free loopback port (Mosquitto
-# with its defaults plus `persistence false`; $MOSQUITTO_CONF_EXTRA adds
-# lines, e.g. "set_tcp_nodelay true"), so no run inherits queues, sessions or
-# a warmed-up heap from the one before; that matters most for the conns
-# scenario, which gets --broker-pid and reports the RSS growth per
-# connection. Runs alternate between the brokers (A B A B ...) so that a
-# burst of load elsewhere on the machine hurts both alike. Everything this
-# script started is stopped on exit, whatever happens.
+# Options (the rest goes to `raftmq bench`):
+#   --all              every scenario of the table (about 20 minutes on 2 cores); writes
+#                      BENCHMARKS.md, docs/bench/results.json and docs/bench/*.png
+#   --runs N           runs per broker and scenario, median reported (default 3)
+#   --brokers A,B,...  from mosquitto, amqtt, raftmq; the first is the baseline
+#                      (default mosquitto,amqtt,raftmq)
+#   --only CASE,...    with --all: only these cases (names as in docs/bench/results.json)
+#   --smoke            with --all: every case at a tiny size, to check the pipeline
+#   --slow-timeout S   seconds amqtt gets for a full-size run before its runs are made
+#                      smaller, which BENCHMARKS.md then says (default 10)
 #
-# Another broker is one more `start_<name>` function that sets PORT[<name>]
-# and PID[<name>], plus its name in $BENCH_BROKERS (default "mosquitto
-# raftmq"; the first one is the baseline).
+# What it installs when missing: Mosquitto from Debian (apt-get, as root or with
+# password-less sudo; otherwise it says what to run), raftmq's own .venv (through
+# scripts/setup.sh), and a separate .bench-venv with amqtt and matplotlib from
+# PyPI, which raftmq itself does not depend on.
 #
-# Exit status: 0 if every run was clean, 1 otherwise, 2 if a broker would not start.
+# Every run gets a freshly started broker on a free loopback port; runs go
+# A B C A B C ... so a burst of load elsewhere hurts every broker alike. Each
+# broker and each bench run is a process group of its own, recorded as it
+# starts; on exit, whatever happens, every recorded group still alive is killed.
+# $MOSQUITTO_CONF_EXTRA adds lines to Mosquitto's config, e.g. "set_tcp_nodelay true".
+#
+# Exit status: 0 if every counted run was clean, 1 otherwise (a broker that
+# would not start makes its runs fail), 2 if something needed is missing.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-PYTHON=.venv/bin/python
-RAFTMQ=.venv/bin/raftmq
-START_TIMEOUT=15
-read -r -a BROKERS <<<"${BENCH_BROKERS:-mosquitto raftmq}"
-
-runs=3
-if [[ "${1:-}" == "--runs" ]]; then
-    runs=$2
-    shift 2
-fi
-bench_args=("$@")
-if ((${#bench_args[@]} == 0)); then
-    bench_args=(pairs --clients 10 --messages 10000 --qos 0)
-fi
+AMQTT_SPEC="amqtt==0.12.1"
+MATPLOTLIB_SPEC="matplotlib>=3.8"
+BENCH_VENV=.bench-venv
+# Enough descriptors for 20,000 connections plus the broker's own.
+WANTED_OPEN_FILES=65536
 
 say() { echo "bench-compare: $*" >&2; }
 
+all=0
+brokers="mosquitto,amqtt,raftmq"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+    --all) all=1 ;;
+    --brokers) brokers="${args[i + 1]:-}" ;;
+    --brokers=*) brokers="${args[i]#--brokers=}" ;;
+    esac
+done
+
+if [[ $EUID -eq 0 ]]; then
+    as_root=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+else
+    as_root=(none)
+fi
+
+# --- raftmq itself --------------------------------------------------------------
+if [[ ! -x .venv/bin/raftmq ]]; then
+    say "no .venv yet: running scripts/setup.sh --no-start"
+    scripts/setup.sh --no-start
+fi
+
+# --- Mosquitto, from Debian -----------------------------------------------------
+if [[ ",$brokers," == *,mosquitto,* ]] && ! command -v mosquitto >/dev/null; then
+    if [[ "${as_root[*]}" == none ]]; then
+        say "Mosquitto is not installed and this needs root; please run:"
+        say "  sudo apt-get install --no-install-recommends mosquitto"
+        exit 2
+    fi
+    say "installing mosquitto from Debian"
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+fi
+
+# --- amqtt and matplotlib, in their own venv ------------------------------------
+need_venv=0
+[[ ",$brokers," == *,amqtt,* || $all -eq 1 ]] && need_venv=1
+if ((need_venv)) && ! "$BENCH_VENV/bin/python" -c 'import amqtt, matplotlib' 2>/dev/null; then
+    say "installing $AMQTT_SPEC and matplotlib into $BENCH_VENV"
+    base_python=$(.venv/bin/python -c 'import sys; print(sys._base_executable)')
+    "$base_python" -m venv "$BENCH_VENV"
+    "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check "$AMQTT_SPEC" "$MATPLOTLIB_SPEC"
+fi
+
+# --- open files: 20,000 idle connections need as many descriptors per process ---
+if (($(ulimit -Hn) < WANTED_OPEN_FILES)); then
+    ulimit -Hn "$WANTED_OPEN_FILES" 2>/dev/null ||
+        say "cannot raise the hard open-files limit above $(ulimit -Hn); conns will be capped"
+fi
+ulimit -Sn "$(ulimit -Hn)"
+
+# --- run -------------------------------------------------------------------------
 tmp=$(mktemp -d -t raftmq-bench-compare.XXXXXX)
-declare -A PORT PID
+# Members of process group $1 that are still running (zombies only wait for a reaper).
+# shellcheck disable=SC2317  # called from cleanup
+running_in_group() { ps -o pid=,stat=,args= -g "$1" 2>/dev/null | awk '$2 !~ /^Z/'; }
+
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    local name
-    for name in "${!PID[@]}"; do
-        kill "${PID[$name]}" 2>/dev/null || true
-    done
-    for name in "${!PID[@]}"; do
-        wait "${PID[$name]}" 2>/dev/null || true
-    done
+    local pgid alive=()
+    if [[ -f "$tmp/groups" ]]; then
+        while read -r pgid; do
+            if [[ -n "$(running_in_group "$pgid")" ]]; then
+                say "stopping what is left of process group $pgid: $(running_in_group "$pgid")"
+                kill -TERM -- "-$pgid" 2>/dev/null || true
+                alive+=("$pgid")
+            fi
+        done <"$tmp/groups"
+        if ((${#alive[@]})); then
+            sleep 1
+            for pgid in "${alive[@]}"; do
+                kill -KILL -- "-$pgid" 2>/dev/null || true
+            done
+        fi
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Wait until something accepts connections on 127.0.0.1:$1, while process $2 lives.
-wait_for_port() {
-    local deadline=$((SECONDS + START_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$2" 2>/dev/null; then
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
-
-start_mosquitto() {
-    local port conf=$tmp/mosquitto.conf
-    port=$(free_port)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n%b\n' \
-        "$port" "${MOSQUITTO_CONF_EXTRA:-}" >"$conf"
-    mosquitto -c "$conf" >"$tmp/mosquitto.log" 2>&1 &
-    PID[mosquitto]=$!
-    PORT[mosquitto]=$port
-    wait_for_port "$port" "${PID[mosquitto]}"
-}
-
-start_raftmq() {
-    local port
-    port=$(free_port)
-    rm -rf "$tmp/raftmq-data"
-    "$RAFTMQ" node --listen "tcp://127.0.0.1:$port" --data-dir "$tmp/raftmq-data" \
-        >"$tmp/raftmq.log" 2>&1 &
-    PID[raftmq]=$!
-    PORT[raftmq]=$port
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until grep -q "listening on" "$tmp/raftmq.log"; do
-        if ((SECONDS >= deadline)) || ! kill -0 "${PID[raftmq]}" 2>/dev/null; then
-            return 1
-        fi
-        sleep 0.05
-    done
-}
-
-stop_broker() {
-    kill "${PID[$1]}" 2>/dev/null || true
-    wait "${PID[$1]}" 2>/dev/null || true
-    unset "PID[$1]"
-}
-
-mkdir "$tmp/runs"
-for ((run = 1; run <= runs; run++)); do
-    for name in "${BROKERS[@]}"; do
-        if ! "start_$name"; then
-            say "$name did not start; its output:"
-            cat "$tmp/$name.log" >&2 || true
-            exit 2
-        fi
-        extra=()
-        if [[ "${bench_args[0]}" == conns ]]; then
-            extra=(--broker-pid "${PID[$name]}")
-        fi
-        say "run $run/$runs: $name (pid ${PID[$name]}, port ${PORT[$name]}): bench ${bench_args[*]}"
-        # A failed run still leaves its report (or an empty file): the table shows it.
-        "$RAFTMQ" bench "${bench_args[@]}" "${extra[@]}" \
-            --host 127.0.0.1 --port "${PORT[$name]}" --json --quiet \
-            >"$tmp/runs/$name.$run.json" || true
-        stop_broker "$name"
-    done
-done
-
-echo "bench ${bench_args[*]}  ($runs runs per broker, interleaved)"
-"$PYTHON" -m raftmq.cluster.bench.compare "$tmp/runs" "${BROKERS[@]}"
+extra=()
+if ((need_venv)); then
+    extra+=(--amqtt "$BENCH_VENV/bin/amqtt" --charts-python "$BENCH_VENV/bin/python")
+fi
+status=0
+.venv/bin/python -m raftmq.cluster.bench.compare \
+    --groups-file "$tmp/groups" --command "scripts/bench-compare.sh $*" \
+    "${extra[@]}" "$@" || status=$?
+exit "$status"

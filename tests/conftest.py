@@ -51,6 +51,8 @@ class RunningBroker:
     port: int = 0
     ws_port: int = 0
     output: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    """The raftmq command line, so that restart() can run the node again; empty for Mosquitto."""
 
     @property
     def pid(self) -> int:
@@ -72,6 +74,20 @@ class RunningBroker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Run the node again, after stop() or kill(), on the same data dir and ports."""
+        assert self.command, "only raftmq nodes can be restarted"
+        assert self.proc.poll() is not None, "restart() of a broker that is still running"
+        listen = [f"tcp://{self.host}:{self.port}"]
+        if self.ws_port:
+            listen.append(f"ws://{self.host}:{self.ws_port}/mqtt")
+        flags = [arg for url in listen for arg in ("--listen", url)]
+        self.proc = subprocess.Popen(
+            [*self.command, *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.output = []
+        _wait_listening(self, expected=len(listen))
 
 
 def _free_port() -> int:
@@ -103,13 +119,9 @@ def _start_raftmq(tmp: Path, config: dict[str, object]) -> RunningBroker:
     listen = config.pop("listen", ["tcp://127.0.0.1:0", "ws://127.0.0.1:0/mqtt"])
     body = {"listen": listen, "data_dir": str(data_dir), **config}
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in body.items()))
-    proc = subprocess.Popen(
-        [RAFTMQ, "node", "--config", str(config_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    broker = RunningBroker(proc=proc, data_dir=data_dir)
+    command = [RAFTMQ, "node", "--config", str(config_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    broker = RunningBroker(proc=proc, data_dir=data_dir, command=command)
     _wait_listening(broker, expected=len(listen))  # type: ignore[arg-type]
     return broker
 

@@ -24,12 +24,21 @@ What the figures mean:
   publisher, never delivered), duplicates, and out of order (arrived after
   a later message of the same publisher). A rate with losses says so, and
   the exit status is 0 only for a complete run where all are zero.
-- latency: receive time minus the send time in the payload, per message.
+- latency: receive time minus the time in the payload, per message. At a
+  fixed ``--rate`` that time is when the pacer released the message, so a
+  message the QoS window held back counts its wait (no coordinated
+  omission); ``--json`` adds ``latency_cdf_ms``, the percentiles every 1 %
+  plus 99.5, 99.9, 99.99 and the maximum, enough to draw the distribution.
 - QoS 1/2 publishers keep ``--inflight`` messages in flight (default 20).
   That is Mosquitto's ``max_inflight_messages``, and Mosquitto enforces it
   on MQTT 3.1.1 publishers by answering QoS 2 messages beyond it with a
   PUBREC and dropping them (3.1.1 PUBREC cannot carry its "quota exceeded").
   MQTT 5 publishers follow the broker's Receive Maximum.
+
+Side by side with other brokers: ``scripts/bench-compare.sh`` (see
+``compare`` and ``suite``) runs the same cases against Mosquitto, amqtt and
+raftmq, interleaved, median of 3, and ``--all`` writes BENCHMARKS.md and its
+charts.
 
 The generator's ceiling, ``ceiling`` (``pairs`` at QoS 0 against the
 in-process sink of ``sink``, which relays bytes without parsing them, so

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import struct
 from array import array
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from time import monotonic_ns
 from typing import cast
 
@@ -215,6 +217,13 @@ class Publisher(MQTTClient):
     ``allowed`` is everything at once for a throughput run; a pacer raises
     it step by step for a fixed rate. ``on_done`` fires once every message
     is written (QoS 0) or acknowledged (QoS 1 and 2).
+
+    A ``paced`` publisher stamps each message with the time the pacer
+    released it, not the time it left: when a broker falls behind and the
+    QoS window holds messages back, the wait counts as latency instead of
+    silently lowering the rate (coordinated omission). Unpaced, and for a
+    message written as soon as it is released, the stamp is the time of the
+    write.
     """
 
     def __init__(
@@ -245,6 +254,9 @@ class Publisher(MQTTClient):
         self._next_id = 1
         self._paused = False
         self._scheduled = False
+        self.paced = False
+        # (sequence number not yet released, release time) per pacer step
+        self._releases: deque[tuple[int, int]] = deque()
         head, tail = encode_publish_parts(topic, bytes(payload), qos, False, False, None, level)
         # The payload is the end of the tail; v5 puts the property length before it.
         props = tail[: len(tail) - payload]
@@ -264,8 +276,23 @@ class Publisher(MQTTClient):
     def start(self, allowed: int) -> None:
         """Let the publisher send up to ``allowed`` messages in total, starting now."""
         self.window = min(self.window, self.receive_maximum)
-        self.allowed = min(allowed, self.count)
+        allowed = min(allowed, self.count)
+        if self.paced and allowed > self.allowed:
+            self._releases.append((allowed, monotonic_ns()))
+        self.allowed = allowed
         self._pump()
+
+    def _stamps(self, seq: int, n: int, now: int) -> Iterable[int]:
+        """Send times to write into messages ``seq`` to ``seq + n - 1``."""
+        if not self.paced:
+            return repeat(now, n)
+        releases = self._releases
+        stamps = []
+        for s in range(seq, seq + n):
+            while releases[0][0] <= s:
+                releases.popleft()
+            stamps.append(releases[0][1])
+        return stamps
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -290,12 +317,18 @@ class Publisher(MQTTClient):
             props = self._props
             packet_id = self._next_id
             parts = []
-            for s in range(seq, seq + n):
-                parts.append(pack(head, packet_id, props, index, s, now))
+            for s, stamp in zip(range(seq, seq + n), self._stamps(seq, n, now), strict=True):
+                parts.append(pack(head, packet_id, props, index, s, stamp))
                 packet_id = packet_id + 1 if packet_id < 65535 else 1
             self._next_id = packet_id
             self.inflight += n
+        elif self.paced:
+            parts = [
+                pack(head, index, s, stamp)
+                for s, stamp in zip(range(seq, seq + n), self._stamps(seq, n, now), strict=True)
+            ]
         else:
+            # The throughput path, one struct call per message: it sets the ceiling.
             parts = [pack(head, index, s, now) for s in range(seq, seq + n)]
         self.transport.write(b"".join(parts))
         if not self.first_ns:

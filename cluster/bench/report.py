@@ -20,9 +20,16 @@ from raftmq.cluster.bench.worker import PairResult, WorkerResult
 Report = dict[str, Any]
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+# Enough points to draw a latency CDF: every 1 %, then the tail.
+CDF_PERCENTILES = (*range(1, 100), 99.5, 99.9, 99.99)
 MAX_PROBLEM_ROWS = 20
 PROTOCOL_NAMES = {3: "MQTT 3.1", 4: "MQTT 3.1.1", 5: "MQTT 5.0"}
 _TALLIED = ("expected", "delivered", "lost", "duplicates", "out_of_order")
+
+
+def _rank(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile ``q`` of sorted samples."""
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def percentiles_ms(samples_ns: array[int]) -> dict[str, float] | None:
@@ -30,10 +37,23 @@ def percentiles_ms(samples_ns: array[int]) -> dict[str, float] | None:
     if not samples_ns:
         return None
     ordered = sorted(samples_ns)
-    n = len(ordered)
-    figures = {f"p{q:g}": ordered[max(0, math.ceil(q / 100 * n) - 1)] / 1e6 for q in PERCENTILES}
+    figures = {f"p{q:g}": _rank(ordered, q) / 1e6 for q in PERCENTILES}
     figures["max"] = ordered[-1] / 1e6
     return {key: round(value, 3) for key, value in figures.items()}
+
+
+def cdf_ms(samples_ns: array[int]) -> list[tuple[float, float]] | None:
+    """(percentile, milliseconds) at every 1 %, 99.5, 99.9, 99.99 and 100 (the maximum).
+
+    A few hundred bytes of JSON that draw the whole latency distribution,
+    instead of every sample.
+    """
+    if not samples_ns:
+        return None
+    ordered = sorted(samples_ns)
+    points = [(float(q), round(_rank(ordered, q) / 1e6, 4)) for q in CDF_PERCENTILES]
+    points.append((100.0, round(ordered[-1] / 1e6, 4)))
+    return points
 
 
 def _latencies(results: Iterable[WorkerResult]) -> array[int]:
@@ -114,6 +134,7 @@ def _messages(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> 
     last_delivery = max((r.last_delivery_ns for r in results), default=0)
     last_publish = max((r.last_publish_ns for r in results), default=0)
     published = sum(r.progress.published for r in results)
+    latencies = _latencies(results)
     elapsed = (last_delivery - first) / 1e9 if first and last_delivery > first else 0.0
     all_finished = all(r.last_publish_ns for r in results if r.sent)
     publish_time = (last_publish - first) / 1e9 if all_finished and last_publish > first else 0.0
@@ -135,7 +156,9 @@ def _messages(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> 
         elapsed_s=round(elapsed, 6),
         msgs_per_s=round(delivered / elapsed) if elapsed else 0,
         publish_msgs_per_s=round(published / publish_time) if publish_time else None,
-        latency_ms=percentiles_ms(_latencies(results)),
+        latency_ms=percentiles_ms(latencies),
+        latency_samples=len(latencies),
+        latency_cdf_ms=cdf_ms(latencies) if cfg.scenario == "latency" else None,
         per_publisher=_tally(pairs, sent, "publisher"),
         per_subscriber=_tally(pairs, sent, "subscriber"),
     )

@@ -27,7 +27,7 @@ from raftmq.cluster.bench.sink import Sink
 from raftmq.cluster.bench.worker import Progress, WorkerResult, watch_pipe, worker_main
 
 TICK = 0.5
-DRAIN_SECONDS = 2.0
+DRAIN_SECONDS = 5.0
 # After --timeout or completion: how long workers get to disconnect and report.
 STOP_GRACE = 10.0
 

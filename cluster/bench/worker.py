@@ -288,6 +288,8 @@ class Worker:
             for index in spec.connections:
                 self._spawn(self._cycle_connections(index, deadline))
         elif spec.rate_per_publisher:
+            for publisher in self.publishers:
+                publisher.paced = True
             self._pace()
         else:
             for publisher in self.publishers:

@@ -100,11 +100,15 @@ def test_invalid_toml(tmp_path: Path) -> None:
 
 
 def test_bad_listen_flag(tmp_path: Path) -> None:
-    result = raftmq("node", "--listen", "mqtts://0.0.0.0:8883", cwd=tmp_path)
+    result = raftmq("node", "--listen", "mqtt://0.0.0.0:1883", cwd=tmp_path)
     assert_config_error(
         result,
-        "command line: key 'listen': unsupported scheme 'mqtts' in 'mqtts://0.0.0.0:8883' "
-        "(supported: tcp, ws)",
+        "command line: key 'listen': unsupported scheme 'mqtt' in 'mqtt://0.0.0.0:1883' "
+        "(supported: tcp, ws, mqtts, wss)",
+    )
+    tls = raftmq("node", "--listen", "mqtts://0.0.0.0:8883", cwd=tmp_path)
+    assert_config_error(
+        tls, "command line: listener mqtts://0.0.0.0:8883 needs both 'tls_cert' and 'tls_key'"
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from clients import ClientPool, Message, MqttClient, unique
+from rawmqtt import PUBACK, PUBLISH, SUBACK, publish, raw_clients, subscribe
 
 if TYPE_CHECKING:
     from conftest import RunningBroker
@@ -146,3 +147,18 @@ def test_hash_filter_does_not_receive_sys_topics(
     sentinel = unique("sync")
     clients.connect(broker).publish(sentinel, b"", qos=1)
     assert [m.topic for m in everything.collect_until(sentinel)] == []
+
+
+@pytest.mark.raftmq_only  # Mosquitto 2.0 answers 0x87 too, but reports its own version string
+def test_clients_cannot_publish_to_sys_topics(broker: RunningBroker) -> None:
+    """$SYS is the node's own: a client's publish there is refused (v5 0x87) and not stored."""
+    with raw_clients(broker.host, broker.port) as raw:
+        forger = raw.connected("sys-forger")
+        forger.send(publish("$SYS/broker/version", b"forged", qos=1, packet_id=1, retain=True))
+        ack = forger.expect(PUBACK)
+        assert (ack.packet_id, ack.reason_code) == (1, 0x87)
+        reader = raw.connected("sys-reader")
+        reader.send(subscribe(1, [("$SYS/broker/version", 0)]))
+        reader.expect(SUBACK)
+        retained = reader.expect(PUBLISH)
+        assert retained.payload.startswith(b"raftmq ")

@@ -106,9 +106,10 @@ class Client:
 
 
 @pytest.fixture
-async def node() -> AsyncIterator[tuple[Broker, RecordingCluster, int]]:
+async def node(tmp_path: Path) -> AsyncIterator[tuple[Broker, RecordingCluster, int]]:
     config = default_config()
     config.listen = [parse_listen("tcp://127.0.0.1:0")]
+    config.data_dir = str(tmp_path)
     config.sys_interval = 0
     cluster = RecordingCluster()
     async with Broker(config, cluster) as broker:

@@ -244,7 +244,11 @@ def test_bad_string_values(tmp_path: Path, line: str, problem: str) -> None:
     ("value", "problem"),
     [
         ('"localhost:1883"', "invalid listen URL 'localhost:1883': expected SCHEME://HOST:PORT"),
-        ('"mqtts://0.0.0.0:8883"', "unsupported scheme 'mqtts' in 'mqtts://0.0.0.0:8883'"),
+        ('"mqtt://0.0.0.0:1883"', "unsupported scheme 'mqtt' in 'mqtt://0.0.0.0:1883'"),
+        (
+            '"mqtts://0.0.0.0:8883/x"',
+            "mqtts listen URL 'mqtts://0.0.0.0:8883/x' cannot have a path",
+        ),
         ('"tcp://0.0.0.0"', "missing port in listen URL 'tcp://0.0.0.0'"),
         ('"tcp://:1883"', "missing host in listen URL 'tcp://:1883'"),
         ('"tcp://0.0.0.0:99999"', "invalid listen URL 'tcp://0.0.0.0:99999'"),
@@ -294,7 +298,8 @@ def test_parse_listen_names_its_source() -> None:
     with pytest.raises(ConfigError) as info:
         parse_listen("udp://0.0.0.0:1883")
     assert str(info.value) == (
-        "--listen: unsupported scheme 'udp' in 'udp://0.0.0.0:1883' (supported: tcp, ws)"
+        "--listen: unsupported scheme 'udp' in 'udp://0.0.0.0:1883' "
+        "(supported: tcp, ws, mqtts, wss)"
     )
 
 
@@ -307,6 +312,8 @@ def test_parse_listen_names_its_source() -> None:
         ("ws://0.0.0.0:8080/", "ws://0.0.0.0:8080/"),
         ("WS://Example.org:80/ws", "ws://example.org:80/ws"),
         ("tcp://[::1]:0", "tcp://[::1]:0"),
+        ("mqtts://127.0.0.1:8883/", "mqtts://127.0.0.1:8883"),
+        ("wss://0.0.0.0:8884", "wss://0.0.0.0:8884/mqtt"),
     ],
 )
 def test_listen_url_round_trip(url: str, normalized: str) -> None:

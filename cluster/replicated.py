@@ -1,0 +1,431 @@
+"""``ClusterHooks`` over Raft: the replicated implementation of the node's boundary.
+
+Every hook that changes cluster state becomes a command committed through
+the node's ``RaftNode``; it returns once the command is applied. Every node
+watches the applied commands (its own and its peers') and reacts through
+the ``NodeEvents`` of its broker: a client claimed elsewhere is kicked here,
+a retained message set anywhere is stored here.
+
+Writes on behalf of a client carry the epoch of this node's claim, so once
+another node has claimed the client they are ignored by the state machine.
+
+``forward`` is on the PUBLISH hot path: the set of nodes a topic goes to is
+cached per topic and the cache is dropped whenever routes change (rare next
+to publishes). A topic no other node wants costs one dict lookup and returns
+None. A share group with a member on this node is served here; otherwise one
+node with members is picked per message, round robin, and told to serve it,
+so each group gets each message once cluster-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from raftmq.node.hooks import Claim, ClusterUnavailable, NodeEvents
+from raftmq.node.message import Message
+from raftmq.node.packets import Will
+
+from .raft import Applied, RaftNode, RaftStatus
+from .state import (
+    ROUTE_COMMANDS,
+    AddRoute,
+    AddSessionSubscriptions,
+    ClaimClient,
+    ClaimResult,
+    ClusterState,
+    DropSession,
+    NodeDown,
+    NodeDownResult,
+    NodeUp,
+    PutSession,
+    RegisterWill,
+    ReleaseClient,
+    RemoveRoute,
+    RemoveSessionSubscriptions,
+    RetainedRecord,
+    SessionRecord,
+    SetMembers,
+    SetRetained,
+    StoredSubscription,
+    WillRecord,
+)
+
+log = logging.getLogger("raftmq.cluster")
+
+DEFAULT_PLAN_CACHE_SIZE = 65_536
+ANNOUNCE_RETRY = 1.0
+
+
+SharedGroup = tuple[str, str]
+"""(share group name, topic filter) of a ``$share/group/filter`` subscription."""
+
+
+class Forwarder(Protocol):
+    """Carries a publish to other nodes (gRPC streams; see cluster/forwarding.py)."""
+
+    def send(
+        self,
+        node_ids: Collection[str],
+        message: Message,
+        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+    ) -> Awaitable[None] | None:
+        """Queue ``message`` for each node; the awaitable completes when all have taken it.
+
+        A target delivers to its plain subscribers, and to the members of the
+        share groups ``shared_groups`` names for it: no others, so that each
+        group gets a message once cluster-wide.
+        """
+
+
+@runtime_checkable
+class AdoptsSessions(Protocol):
+    """What a node implements to take over persistent sessions of a dead node."""
+
+    def adopt_session(self, client_id: str, epoch: int, session: SessionRecord) -> None:
+        """Hold ``session`` (subscribe its filters, queue for it) until its client returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where one topic goes: nodes that always get it, and share groups to pick a node for."""
+
+    targets: tuple[str, ...]
+    """Other nodes with plain routes matching the topic."""
+    groups: tuple[tuple[SharedGroup, tuple[str, ...]], ...]
+    """(group, candidate nodes) for each matching share group with no member on this node."""
+
+
+NO_PLAN = _Plan((), ())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    raft: RaftStatus
+    members: tuple[str, ...]
+    down: tuple[str, ...]
+    clients: int
+    persistent_sessions: int
+    routes: int
+    retained: int
+    wills: int
+
+
+class RaftCluster:
+    """The replicated ``ClusterHooks``; see the module docstring."""
+
+    def __init__(
+        self,
+        raft: RaftNode,
+        forwarder: Forwarder,
+        members: Sequence[str] | None = None,
+        plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
+    ) -> None:
+        """``members``: the cluster's node ids, committed at start so that a dead
+        node's persistent sessions can be re-homed among the live ones."""
+        self.node_id = raft.node_id
+        self.raft = raft
+        self._forwarder = forwarder
+        self._members = tuple(sorted(members)) if members is not None else None
+        self._node: NodeEvents | None = None
+        self._claims: dict[str, int] = {}
+        """Client id -> epoch of the claim this node holds for it."""
+        self._retained_topics: set[str] = set()
+        self._plans: dict[str, _Plan] = {}
+        self._plan_cache_size = plan_cache_size
+        self._share_cursor: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        raft.add_listener(self._on_applied)
+        raft.add_restore_listener(self._on_restored)
+
+    @property
+    def state(self) -> ClusterState:
+        """This node's view of the replicated state (read only)."""
+        return self.raft.state
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def attach(self, node: NodeEvents) -> None:
+        self._node = node
+
+    async def start(self) -> None:
+        await self.raft.start()
+        self._background(self._announce())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.raft.stop()
+
+    async def _announce(self) -> None:
+        """Commit the member list and that this node is up, retrying until it sticks."""
+        commands: list[object] = [NodeUp(self.node_id)]
+        if self._members is not None:
+            commands.insert(0, SetMembers(self._members))
+        while True:
+            try:
+                await asyncio.gather(*(self.raft.submit(c) for c in commands))
+                return
+            except ClusterUnavailable:
+                await asyncio.sleep(ANNOUNCE_RETRY)
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster update failed: %s", task.exception())
+
+    # -- ClusterHooks ----------------------------------------------------------
+
+    async def claim_client(self, client_id: str) -> Claim:
+        result = await self.claim(client_id)
+        return Claim(result.epoch, result.previous_owner)
+
+    async def claim(self, client_id: str) -> ClaimResult:
+        """Claim ``client_id`` for this node; the result carries its persistent session."""
+        result = await self.raft.submit(ClaimClient(client_id, self.node_id))
+        assert isinstance(result, ClaimResult)
+        owner = self.state.owners.get(client_id)
+        if owner is None or owner.epoch != result.epoch:
+            # Another node claimed it between our commit and now; its kick found no
+            # connection here yet, so this CONNECT must not go on.
+            holder = "nobody" if owner is None else f"node {owner.node_id}"
+            raise ClusterUnavailable(f"client {client_id!r} was claimed by {holder} meanwhile")
+        self._claims[client_id] = result.epoch
+        return result
+
+    async def release_client(self, client_id: str, epoch: int) -> None:
+        await self.raft.submit(ReleaseClient(client_id, self.node_id, epoch))
+        if self._claims.get(client_id) == epoch:
+            del self._claims[client_id]
+
+    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+        await self.raft.submit(AddRoute(self.node_id, topic_filter, share_group))
+
+    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+        await self.raft.submit(RemoveRoute(self.node_id, topic_filter, share_group))
+
+    async def set_retained(self, topic: str, message: Message | None) -> None:
+        record = None if message is None else retained_record(message)
+        await self.raft.submit(SetRetained(topic, record))
+
+    async def register_will(self, client_id: str, will: Will | None) -> None:
+        epoch = self._claims.get(client_id)
+        if epoch is None:
+            return  # another node claimed the client since: its will is not ours to set
+        record = None if will is None else will_record(will)
+        await self.raft.submit(RegisterWill(client_id, self.node_id, epoch, record))
+
+    def forward(self, message: Message) -> Awaitable[None] | None:
+        topic = message.topic
+        plan = self._plans.get(topic)
+        if plan is None:
+            plan = self._plan(topic)
+        if plan is NO_PLAN:
+            return None
+        if not plan.groups:
+            return self._forwarder.send(plan.targets, message)
+        targets, shared_groups = self._pick(plan)
+        return self._forwarder.send(targets, message, shared_groups)
+
+    # -- persistent sessions (beyond today's ClusterHooks; see the report) ----------
+
+    async def save_session(self, client_id: str, epoch: int, session: SessionRecord) -> bool:
+        """Create or replace the replicated record of a persistent session we own."""
+        result = await self.raft.submit(PutSession(client_id, self.node_id, epoch, session))
+        return bool(result)
+
+    async def drop_session(self, client_id: str, epoch: int) -> bool:
+        result = await self.raft.submit(DropSession(client_id, self.node_id, epoch))
+        return bool(result)
+
+    async def add_session_subscriptions(
+        self, client_id: str, epoch: int, subscriptions: Sequence[StoredSubscription]
+    ) -> bool:
+        command = AddSessionSubscriptions(client_id, self.node_id, epoch, tuple(subscriptions))
+        return bool(await self.raft.submit(command))
+
+    async def remove_session_subscriptions(
+        self, client_id: str, epoch: int, topic_filters: Sequence[str]
+    ) -> bool:
+        command = RemoveSessionSubscriptions(client_id, self.node_id, epoch, tuple(topic_filters))
+        return bool(await self.raft.submit(command))
+
+    # -- administration --------------------------------------------------------------
+
+    async def node_down(self, node_id: str) -> NodeDownResult:
+        """Declare ``node_id`` dead: its routes go, its sessions move, its wills go out.
+
+        The wills are published by this node (the one that committed the
+        command), from the apply listener, so they go out exactly once even
+        when this call times out and the command commits later.
+        """
+        result = await self.raft.submit(NodeDown(node_id))
+        assert isinstance(result, NodeDownResult)
+        return result
+
+    def status(self) -> ClusterStatus:
+        state = self.state
+        return ClusterStatus(
+            raft=self.raft.status(),
+            members=state.members,
+            down=tuple(sorted(state.down)),
+            clients=len(state.owners),
+            persistent_sessions=len(state.sessions),
+            routes=len(state.routes),
+            retained=len(state.retained),
+            wills=len(state.wills),
+        )
+
+    # -- forwarding plans ----------------------------------------------------------
+
+    def _plan(self, topic: str) -> _Plan:
+        plain, shared = self.state.route_targets(topic)
+        me = self.node_id
+        groups = tuple(
+            ((group, topic_filter), nodes)
+            for group, topic_filter, nodes in shared
+            if me not in nodes  # else a local member takes it: the broker delivers to it
+        )
+        plan = _Plan(tuple(sorted(plain - {me})), groups)
+        if not plan.targets and not plan.groups:
+            plan = NO_PLAN
+        if len(self._plans) >= self._plan_cache_size:
+            self._plans.clear()
+        self._plans[topic] = plan
+        return plan
+
+    def _pick(self, plan: _Plan) -> tuple[list[str], dict[str, tuple[SharedGroup, ...]]]:
+        """One node per remote share group, round robin among the nodes with members."""
+        targets = list(plan.targets)
+        shared_groups: dict[str, tuple[SharedGroup, ...]] = {}
+        for key, nodes in plan.groups:
+            cursor = self._share_cursor.get(key, 0)
+            self._share_cursor[key] = cursor + 1
+            node = nodes[cursor % len(nodes)]
+            shared_groups[node] = (*shared_groups.get(node, ()), key)
+            if node not in targets:
+                targets.append(node)
+        return targets, shared_groups
+
+    # -- reacting to applied commands ------------------------------------------------
+
+    def _on_applied(self, applied: Applied) -> None:
+        command = applied.command
+        if isinstance(command, ROUTE_COMMANDS):
+            self._plans.clear()
+        if isinstance(command, ClaimClient):
+            self._claim_applied(command, applied)
+        elif isinstance(command, SetRetained):
+            self._retained_applied(command.topic, command.retained)
+        elif isinstance(command, NodeDown):
+            self._node_down_applied(command, applied)
+
+    def _claim_applied(self, command: ClaimClient, applied: Applied) -> None:
+        result = applied.result
+        if not isinstance(result, ClaimResult):
+            return
+        client_id = command.client_id
+        if command.node_id != self.node_id:
+            self._claims.pop(client_id, None)
+            if self._node is not None:
+                self._node.kick_client(client_id, result.epoch)
+        elif applied.orphaned:
+            # Our CONNECT gave up on this claim (timeout) but it committed anyway:
+            # give the client id back rather than own a client nobody serves.
+            self._background(self.raft.submit(ReleaseClient(client_id, self.node_id, result.epoch)))
+
+    def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
+        node = self._node
+        if node is None:
+            return
+        message = None if record is None else retained_message(topic, record)
+        if message is None:
+            self._retained_topics.discard(topic)
+        else:
+            self._retained_topics.add(topic)
+        node.apply_retained(topic, message)
+
+    def _node_down_applied(self, command: NodeDown, applied: Applied) -> None:
+        result = applied.result
+        if not isinstance(result, NodeDownResult):
+            return
+        node = self._node
+        if command.node_id == self.node_id and node is not None:
+            # Declared dead while alive: our clients now belong elsewhere.
+            for client_id in (*result.released, *(cid for cid, _ in result.rehomed)):
+                self._claims.pop(client_id, None)
+                node.kick_client(client_id, result.fence_epoch)
+        if isinstance(node, AdoptsSessions):
+            for client_id, owner in result.rehomed:
+                session = self.state.sessions.get(client_id)
+                if owner.node_id == self.node_id and session is not None:
+                    node.adopt_session(client_id, owner.epoch, session)
+        if applied.mine:
+            for _, will in result.wills:
+                self._publish_will(will)
+
+    def _publish_will(self, will: WillRecord) -> None:
+        """Publish a dead node's client's will as if that node had: here and to routes."""
+        props = {k: v for k, v in will.properties.items() if k != "will_delay_interval"}
+        message = Message.create(will.topic, will.payload, will.qos, will.retain, props)
+        if will.retain:
+            self._background(self.set_retained(will.topic, message if will.payload else None))
+        if self._node is not None:
+            self._node.deliver_forwarded(message)
+        pending = self.forward(message)
+        if pending is not None:
+            self._background(_wait(pending))
+
+    def _on_restored(self, state: ClusterState) -> None:
+        """A snapshot replaced the state: resync what per-command events would have done."""
+        self._plans.clear()
+        node = self._node
+        if node is None:
+            return
+        for topic in self._retained_topics - state.retained.keys():
+            self._retained_applied(topic, None)
+        for topic, record in state.retained.items():
+            self._retained_applied(topic, record)
+        for client_id in list(self._claims):
+            owner = state.owners.get(client_id)
+            if owner is None or owner.node_id != self.node_id:
+                del self._claims[client_id]
+                if owner is not None:
+                    node.kick_client(client_id, owner.epoch)
+
+
+async def _wait(pending: Awaitable[None]) -> None:
+    await pending
+
+
+def retained_record(message: Message) -> RetainedRecord:
+    """The replicated form of a retained message; its expiry becomes a wall-clock deadline."""
+    expires_at = None
+    if message.expires_at is not None:
+        expires_at = time.time() + (message.expires_at - time.monotonic())
+    return RetainedRecord(message.payload, message.qos, dict(message.properties), expires_at)
+
+
+def retained_message(topic: str, record: RetainedRecord) -> Message | None:
+    """The node's form of a replicated retained message, or None once it has expired."""
+    message = Message.create(topic, record.payload, record.qos, True, dict(record.properties))
+    if record.expires_at is not None:
+        remaining = record.expires_at - time.time()
+        if remaining <= 0:
+            return None
+        message.expires_at = time.monotonic() + remaining
+    return message
+
+
+def will_record(will: Will) -> WillRecord:
+    return WillRecord(will.topic, will.payload, will.qos, will.retain, dict(will.properties))

@@ -1,0 +1,319 @@
+"""Topic access control from an ACL file in Mosquitto's syntax.
+
+    # everyone: lines before the first "user" line
+    topic read $SYS/#
+    # each client under its own client id and user name
+    pattern readwrite devices/%c/#
+    pattern read users/%u/inbox/#
+    user alice
+    topic readwrite alice/#
+    topic deny alice/secret/#
+
+``topic [read|write|readwrite|deny] FILTER`` grants (or denies) access to the
+topics FILTER matches; without an access word it means readwrite.
+``pattern ...`` is the same after substituting ``%u`` (user name) and ``%c``
+(client id), and applies to every client wherever it stands. ``topic`` lines
+apply to the user named by the ``user`` line above them, or to everyone when
+no ``user`` line came before.
+
+Where this differs from Mosquitto, it is stricter:
+
+- Nothing is allowed unless a rule grants it, and a matching ``deny`` wins over
+  any grant.
+- A SUBSCRIBE is granted only when a read rule covers every topic the filter
+  can match, and no ``deny`` rule overlaps it: ``sensors/#`` is refused where
+  ``sensors/secret`` is denied. (Mosquitto accepts it and drops the denied
+  messages one by one; refusing up front keeps the ACL off the delivery path.)
+- Mosquitto's ``topic`` lines before any ``user`` line apply to anonymous
+  clients only; here they apply to everyone.
+- A client whose user name or client id contains ``+`` or ``#`` is denied
+  everything while pattern rules exist: substituting it would turn a name into
+  a wildcard (Mosquitto does the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntFlag
+
+from .config import ConfigError
+from .topics import split_levels
+
+DECISION_CACHE_SIZE = 65_536
+"""Decisions remembered per (client, topic); the cache starts over when full."""
+
+
+class Access(IntFlag):
+    READ = 1
+    WRITE = 2
+    READWRITE = 3
+    DENY = 4
+
+
+_ACCESS_WORDS = {
+    "read": Access.READ,
+    "write": Access.WRITE,
+    "readwrite": Access.READWRITE,
+    "deny": Access.DENY,
+}
+_SUBSTITUTIONS = ("%u", "%c")
+_WILDCARD_CHARS = ("+", "#")
+
+
+class AclFileError(ConfigError):
+    """An ACL file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    access: Access
+    topic_filter: str
+    is_pattern: bool
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class AclRules:
+    """What one ACL file says, before any client's names are substituted."""
+
+    everyone: tuple[Rule, ...]
+    per_user: dict[str, tuple[Rule, ...]]
+    patterns: tuple[Rule, ...]
+
+    def __len__(self) -> int:
+        return len(self.everyone) + sum(map(len, self.per_user.values())) + len(self.patterns)
+
+
+Levels = tuple[str, ...]
+
+
+def _check_filter(topic_filter: str) -> None:
+    """Raise ValueError if ``topic_filter`` is not a valid MQTT topic filter."""
+    if not topic_filter:
+        raise ValueError("missing topic filter")
+    if "\0" in topic_filter:
+        raise ValueError("topic filter contains a NUL character")
+    levels = split_levels(topic_filter)
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise ValueError(f"'#' must be a whole last level in {topic_filter!r}")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must be a whole level in {topic_filter!r}")
+
+
+def parse_acl(text: str, path: str) -> AclRules:
+    """Parse ACL file contents; AclFileError names ``path`` and the line of the first problem."""
+    everyone: list[Rule] = []
+    per_user: dict[str, list[Rule]] = {}
+    patterns: list[Rule] = []
+    current: list[Rule] = everyone
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        rest = rest.strip()
+        try:
+            if keyword == "user":
+                if not rest:
+                    raise ValueError("'user' needs a user name")
+                current = per_user.setdefault(rest, [])
+                continue
+            if keyword not in ("topic", "pattern"):
+                raise ValueError(f"unknown keyword {keyword!r} (expected user, topic or pattern)")
+            word, _, after = rest.partition(" ")
+            access = _ACCESS_WORDS.get(word)
+            topic_filter = after.strip() if access is not None else rest
+            if access is None:
+                access = Access.READWRITE
+            is_pattern = keyword == "pattern"
+            if is_pattern:
+                _check_substitutions(topic_filter)
+                _check_filter(topic_filter.replace("%u", "u").replace("%c", "c"))
+                patterns.append(Rule(access, topic_filter, True, number))
+            else:
+                _check_filter(topic_filter)
+                current.append(Rule(access, topic_filter, False, number))
+        except ValueError as exc:
+            raise AclFileError(f"ACL file {path}:{number}: {exc}") from None
+    return AclRules(
+        tuple(everyone), {user: tuple(rules) for user, rules in per_user.items()}, tuple(patterns)
+    )
+
+
+def _check_substitutions(topic_filter: str) -> None:
+    rest = topic_filter
+    while "%" in rest:
+        index = rest.index("%")
+        if rest[index : index + 2] not in _SUBSTITUTIONS:
+            raise ValueError(
+                f"pattern {topic_filter!r}: only %u (user name) and %c (client id) "
+                "can be substituted"
+            )
+        rest = rest[index + 2 :]
+
+
+def _hidden(first_level: str) -> bool:
+    return first_level.startswith("$")
+
+
+def covers(rule: Levels, topic_filter: Levels) -> bool:
+    """Whether every topic ``topic_filter`` matches is matched by ``rule``.
+
+    With a topic name (no wildcards) as ``topic_filter`` this is plain MQTT
+    matching. A leading wildcard never matches '$' topics (MQTT §4.7.2), on
+    either side.
+    """
+    if rule[0] in _WILDCARD_CHARS and _hidden(topic_filter[0]):
+        return False
+    for index, level in enumerate(rule):
+        if level == "#":
+            return True
+        if index == len(topic_filter):
+            return False
+        other = topic_filter[index]
+        if other == "#":
+            return False
+        if level == "+":
+            continue
+        if other == "+" or level != other:
+            return False
+    return len(rule) == len(topic_filter)
+
+
+def overlaps(rule: Levels, topic_filter: Levels) -> bool:
+    """Whether some topic is matched by both ``rule`` and ``topic_filter``."""
+    first_rule, first_filter = rule[0], topic_filter[0]
+    if (first_rule in _WILDCARD_CHARS and _hidden(first_filter)) or (
+        first_filter in _WILDCARD_CHARS and _hidden(first_rule)
+    ):
+        return False
+    index = 0
+    while True:
+        rule_done = index == len(rule)
+        filter_done = index == len(topic_filter)
+        if rule_done and filter_done:
+            return True
+        # '#' also matches the level above it: "a/#" matches "a".
+        if (not rule_done and rule[index] == "#") or (
+            not filter_done and topic_filter[index] == "#"
+        ):
+            return True
+        if rule_done or filter_done:
+            return False
+        a, b = rule[index], topic_filter[index]
+        if a != b and a != "+" and b != "+":
+            return False
+        index += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _ClientRules:
+    """The rules that apply to one (user name, client id), substituted and split."""
+
+    grants: tuple[tuple[Access, Levels], ...]
+    denies: tuple[Levels, ...]
+    deny_all: bool
+
+
+class AccessControl:
+    """Answers "may this client publish/subscribe to this?" from an ACL file.
+
+    Decisions are cached per (user, client id, topic) because a client
+    publishes to the same few topics over and over; ``reload`` (SIGHUP)
+    replaces the rules and drops every cached decision, so new operations see
+    the new file at once.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rules = self._read()
+        self._clients: dict[tuple[str | None, str], _ClientRules] = {}
+        self._decisions: dict[tuple[bool, str | None, str, str], bool] = {}
+
+    def _read(self) -> AclRules:
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as exc:
+            reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+            raise AclFileError(f"ACL file {self.path}: cannot read: {reason}") from None
+        except UnicodeDecodeError as exc:
+            raise AclFileError(
+                f"ACL file {self.path}: not UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
+        return parse_acl(text, self.path)
+
+    def reload(self) -> None:
+        """Read the file again; on any error the rules loaded before stay in force."""
+        rules = self._read()
+        self.rules = rules
+        self._clients = {}
+        self._decisions = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def may_publish(self, username: str | None, client_id: str, topic: str) -> bool:
+        key = (True, username, client_id, topic)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(username, client_id, topic, Access.WRITE)
+            self._remember(key, decision)
+        return decision
+
+    def may_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
+        key = (False, username, client_id, topic_filter)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(username, client_id, topic_filter, Access.READ)
+            self._remember(key, decision)
+        return decision
+
+    def _remember(self, key: tuple[bool, str | None, str, str], decision: bool) -> None:
+        if len(self._decisions) >= DECISION_CACHE_SIZE:
+            self._decisions = {}
+        self._decisions[key] = decision
+
+    def _decide(self, username: str | None, client_id: str, topic: str, wanted: Access) -> bool:
+        rules = self._rules_for(username, client_id)
+        if rules.deny_all:
+            return False
+        levels = tuple(split_levels(topic))
+        for denied in rules.denies:
+            if overlaps(denied, levels):
+                return False
+        return any(access & wanted and covers(grant, levels) for access, grant in rules.grants)
+
+    def _rules_for(self, username: str | None, client_id: str) -> _ClientRules:
+        key = (username, client_id)
+        found = self._clients.get(key)
+        if found is not None:
+            return found
+        rules = self.rules
+        applicable = list(rules.everyone)
+        if username is not None:
+            applicable += rules.per_user.get(username, ())
+        dangerous = any(c in name for name in (username or "", client_id) for c in "+#")
+        for rule in rules.patterns:
+            if "%u" in rule.topic_filter and username is None:
+                continue
+            topic_filter = rule.topic_filter.replace("%u", username or "").replace("%c", client_id)
+            applicable.append(Rule(rule.access, topic_filter, False, rule.line))
+        found = _ClientRules(
+            grants=tuple(
+                (rule.access, tuple(split_levels(rule.topic_filter)))
+                for rule in applicable
+                if rule.access != Access.DENY
+            ),
+            denies=tuple(
+                tuple(split_levels(rule.topic_filter))
+                for rule in applicable
+                if rule.access == Access.DENY
+            ),
+            deny_all=dangerous and bool(rules.patterns),
+        )
+        if len(self._clients) >= DECISION_CACHE_SIZE:
+            self._clients = {}
+        self._clients[key] = found
+        return found

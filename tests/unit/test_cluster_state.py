@@ -1,0 +1,363 @@
+"""The replicated state machine, driven by feeding it commands (etcd/raft style).
+
+No Raft and no sockets here: ``ClusterState`` is a pure function of the
+commands it applied, which is exactly what these tests rely on.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftmq.cluster.state import (
+    AddRoute,
+    AddSessionSubscriptions,
+    ClaimClient,
+    ClaimResult,
+    ClusterState,
+    DropSession,
+    NodeDown,
+    NodeDownResult,
+    NodeUp,
+    Owner,
+    PutSession,
+    RegisterWill,
+    Rejected,
+    ReleaseClient,
+    RemoveRoute,
+    RemoveSessionSubscriptions,
+    RetainedRecord,
+    SessionRecord,
+    SetMembers,
+    SetRetained,
+    StoredSubscription,
+    WillRecord,
+)
+
+WILL = WillRecord("last/words", b"bye", 1, False, {})
+
+
+def applied(*commands: object) -> tuple[ClusterState, list[object]]:
+    state = ClusterState()
+    return state, [state.apply(command) for command in commands]
+
+
+def claim(state: ClusterState, client_id: str, node_id: str) -> ClaimResult:
+    result = state.apply(ClaimClient(client_id, node_id))
+    assert isinstance(result, ClaimResult)
+    return result
+
+
+# -- ownership and epochs -------------------------------------------------------
+
+
+def test_claims_get_increasing_epochs_and_name_the_previous_owner() -> None:
+    state = ClusterState()
+    first = claim(state, "c1", "n1")
+    assert first == ClaimResult(1, None, None, None)
+    second = claim(state, "c1", "n2")
+    assert second == ClaimResult(2, "n1", 1, None)
+    other = claim(state, "c2", "n1")
+    assert other.epoch == 3, "epochs come from one cluster-wide counter"
+    assert state.owner_of("c1") == Owner("n2", 2)
+
+
+def test_release_needs_the_current_epoch() -> None:
+    state = ClusterState()
+    claim(state, "c1", "n1")
+    claim(state, "c1", "n2")
+    assert state.apply(ReleaseClient("c1", "n1", 1)) is False, "stale epoch"
+    assert state.apply(ReleaseClient("c1", "n1", 2)) is False, "right epoch, wrong node"
+    assert state.owner_of("c1") == Owner("n2", 2)
+    assert state.apply(ReleaseClient("c1", "n2", 2)) is True
+    assert state.owner_of("c1") is None
+    assert claim(state, "c1", "n3").epoch == 3, "a released id never reuses an old epoch"
+
+
+def test_writes_of_a_superseded_owner_are_ignored() -> None:
+    state = ClusterState()
+    old = claim(state, "c1", "n1")
+    session = SessionRecord(3600, (StoredSubscription("a/#", 1),))
+    assert state.apply(PutSession("c1", "n1", old.epoch, session)) is True
+    assert state.apply(RegisterWill("c1", "n1", old.epoch, WILL)) is True
+    new = claim(state, "c1", "n2")
+    assert "c1" not in state.wills, "a takeover drops the old connection's will"
+    assert state.apply(RegisterWill("c1", "n1", old.epoch, WILL)) is False
+    assert state.apply(DropSession("c1", "n1", old.epoch)) is False
+    assert state.apply(PutSession("c1", "n1", old.epoch, SessionRecord(0))) is False
+    assert state.sessions["c1"] == session
+    assert state.apply(RegisterWill("c1", "n2", new.epoch, WILL)) is True
+    assert state.wills["c1"] == WILL
+
+
+def test_a_persistent_session_follows_its_client_to_the_next_claim() -> None:
+    state = ClusterState()
+    first = claim(state, "c1", "n1")
+    session = SessionRecord(600, (StoredSubscription("a/+", 2, retain_as_published=True),))
+    state.apply(PutSession("c1", "n1", first.epoch, session))
+    second = claim(state, "c1", "n3")
+    assert second.session == session
+    assert second.previous_owner == "n1"
+    assert state.apply(DropSession("c1", "n3", second.epoch)) is True
+    assert claim(state, "c1", "n2").session is None
+
+
+def test_session_subscriptions_are_added_replaced_and_removed() -> None:
+    state = ClusterState()
+    epoch = claim(state, "c1", "n1").epoch
+    assert state.apply(AddSessionSubscriptions("c1", "n1", epoch, ())) is False, "no session yet"
+    state.apply(PutSession("c1", "n1", epoch, SessionRecord(60)))
+    subs = (StoredSubscription("a/b", 0), StoredSubscription("$share/g/c/#", 1))
+    assert state.apply(AddSessionSubscriptions("c1", "n1", epoch, subs)) is True
+    upgraded = StoredSubscription("a/b", 2, identifier=7)
+    state.apply(AddSessionSubscriptions("c1", "n1", epoch, (upgraded,)))
+    assert state.sessions["c1"].subscriptions == (upgraded, subs[1])
+    assert state.apply(RemoveSessionSubscriptions("c1", "n1", epoch, ("a/b", "x"))) is True
+    assert state.sessions["c1"].subscriptions == (subs[1],)
+    assert state.sessions["c1"].expiry_interval == 60
+
+
+# -- routes ---------------------------------------------------------------------
+
+
+def test_routes_keep_one_entry_per_node_the_node_refcounts_itself() -> None:
+    state = ClusterState()
+    assert state.apply(AddRoute("n1", "a/+")) is True
+    assert state.apply(AddRoute("n1", "a/+")) is False, "a node adds a filter once"
+    assert state.apply(AddRoute("n2", "a/+")) is True
+    assert state.nodes_for("a/b") == {"n1", "n2"}
+    assert state.apply(RemoveRoute("n1", "a/+")) is True
+    assert state.nodes_for("a/b") == {"n2"}, "n2's route outlives n1's"
+    assert state.apply(RemoveRoute("n1", "a/+")) is False
+    state.apply(RemoveRoute("n2", "a/+"))
+    assert state.nodes_for("a/b") == frozenset()
+    assert state.routes == {}
+
+
+def test_nodes_for_matches_wildcards_and_share_groups() -> None:
+    state, _ = applied(
+        AddRoute("n1", "sensors/#"),
+        AddRoute("n2", "sensors/+/temp"),
+        AddRoute("n3", "other"),
+        AddRoute("n2", "sensors/+/temp", "g"),
+        AddRoute("n3", "sensors/+/temp", "g"),
+        AddRoute("n3", "sensors/kitchen/temp", "h"),
+        AddRoute("n1", "#"),
+    )
+    assert state.nodes_for("sensors/kitchen/temp") == {"n1", "n2", "n3"}
+    assert state.nodes_for("other") == {"n1", "n3"}
+    assert state.nodes_for("$SYS/x") == frozenset(), "wildcards never match $ topics"
+    plain, shared = state.route_targets("sensors/kitchen/temp")
+    assert plain == {"n1", "n2"}
+    assert shared == (
+        ("g", "sensors/+/temp", ("n2", "n3")),
+        ("h", "sensors/kitchen/temp", ("n3",)),
+    )
+
+
+# -- retained -------------------------------------------------------------------
+
+
+def test_retained_messages_are_set_replaced_and_cleared() -> None:
+    first = RetainedRecord(b"21", 1, {"content_type": "text"})
+    second = RetainedRecord(b"22", 0, {}, expires_at=1e9)
+    state, results = applied(
+        SetRetained("t/1", first),
+        SetRetained("t/2", first),
+        SetRetained("t/1", second),
+        SetRetained("t/2", None),
+        SetRetained("t/3", None),
+    )
+    assert results == [True, True, True, True, False]
+    assert state.retained == {"t/1": second}
+
+
+def test_replicas_applying_the_same_retained_log_converge() -> None:
+    log = [SetRetained(f"t/{i % 3}", RetainedRecord(bytes([i]), i % 3, {})) for i in range(10)]
+    log.append(SetRetained("t/1", None))
+    one, _ = applied(*log)
+    two, _ = applied(*(pickle.loads(pickle.dumps(command)) for command in log))
+    assert one.snapshot() == two.snapshot()
+    assert one.retained == {
+        "t/0": RetainedRecord(b"\x09", 0, {}),
+        "t/2": RetainedRecord(b"\x08", 2, {}),
+    }
+
+
+# -- node death -----------------------------------------------------------------
+
+
+def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
+    state = ClusterState()
+    state.apply(SetMembers(("n3", "n1", "n2")))
+    persistent = claim(state, "p1", "n2").epoch
+    subs = (StoredSubscription("a/b", 1), StoredSubscription("$share/g/c/#", 0))
+    state.apply(PutSession("p1", "n2", persistent, SessionRecord(3600, subs)))
+    will_p1 = WillRecord("wills/p1", b"p1 gone", 0, True, {"will_delay_interval": 5})
+    state.apply(RegisterWill("p1", "n2", persistent, will_p1))
+    plain = claim(state, "c2", "n2").epoch
+    state.apply(RegisterWill("c2", "n2", plain, WILL))
+    claim(state, "c3", "n2")
+    claim(state, "c4", "n1")
+    state.apply(AddRoute("n2", "x/#"))
+    state.apply(AddRoute("n1", "x/#"))
+    state.apply(AddRoute("n2", "only/n2"))
+
+    result = state.apply(NodeDown("n2"))
+
+    assert isinstance(result, NodeDownResult)
+    assert result.wills == (("c2", WILL), ("p1", will_p1))
+    assert result.released == ("c2", "c3")
+    live = ("n1", "n3")
+    home = live[zlib.crc32(b"p1") % 2]
+    assert result.rehomed == (("p1", Owner(home, result.fence_epoch - 1)),)
+    assert result.fence_epoch > max(owner.epoch for owner in state.owners.values())
+    assert state.owner_of("p1") == Owner(home, result.fence_epoch - 1)
+    assert state.owner_of("c2") is None and state.owner_of("c3") is None
+    assert state.owner_of("c4") == Owner("n1", 4), "other nodes' clients stay"
+    assert state.sessions["p1"].subscriptions == subs, "the session itself is kept"
+    assert state.wills == {}
+    assert state.nodes_for("only/n2") == frozenset()
+    assert state.nodes_for("x/y") == {"n1"}
+    assert state.route_targets("a/b")[0] == {home}, "the new home gets the session's routes"
+    assert state.route_targets("c/d")[1] == (("g", "c/#", (home,)),)
+    assert state.down == {"n2"}
+    assert state.live_members() == live
+    assert state.apply(NodeUp("n2")) is True
+    assert state.apply(NodeUp("n2")) is False
+    assert state.live_members() == ("n1", "n2", "n3")
+
+
+def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> None:
+    state = ClusterState()
+    state.apply(SetMembers(("n1",)))
+    epoch = claim(state, "p", "n1").epoch
+    state.apply(PutSession("p", "n1", epoch, SessionRecord(10)))
+    result = state.apply(NodeDown("n1"))
+    assert isinstance(result, NodeDownResult)
+    assert result.released == ("p",) and result.rehomed == ()
+    assert "p" in state.sessions and state.owner_of("p") is None
+
+
+def test_unknown_commands_are_rejected_not_raised() -> None:
+    state = ClusterState()
+    assert isinstance(state.apply(("claim", "c1")), Rejected)
+    assert state.snapshot() == ClusterState().snapshot()
+
+
+# -- snapshots ------------------------------------------------------------------
+
+
+def _only_builtins(value: Any) -> bool:
+    if isinstance(value, dict):
+        return type(value) is dict and all(
+            _only_builtins(k) and _only_builtins(v) for k, v in value.items()
+        )
+    if isinstance(value, tuple | list):
+        return type(value) in (tuple, list) and all(_only_builtins(v) for v in value)
+    return value is None or type(value) in (str, bytes, int, float, bool)
+
+
+def busy_state() -> ClusterState:
+    state = ClusterState()
+    state.apply(SetMembers(("n1", "n2", "n3")))
+    epoch = claim(state, "p", "n1").epoch
+    state.apply(PutSession("p", "n1", epoch, SessionRecord(60, (StoredSubscription("a/#", 1),))))
+    state.apply(RegisterWill("p", "n1", epoch, WILL))
+    state.apply(AddRoute("n1", "a/#"))
+    state.apply(AddRoute("n2", "a/b", "g"))
+    state.apply(SetRetained("a/b", RetainedRecord(b"v", 1, {"user_property": [("k", "v")]})))
+    state.apply(NodeDown("n3"))
+    return state
+
+
+def test_snapshot_is_plain_builtins_and_restores_an_equal_state() -> None:
+    state = busy_state()
+    snapshot = state.snapshot()
+    assert _only_builtins(snapshot), "a dump must not depend on our class names"
+    restored = ClusterState()
+    restored.restore(pickle.loads(pickle.dumps(snapshot)))
+    assert restored.snapshot() == snapshot
+    assert restored.nodes_for("a/b") == state.nodes_for("a/b") == {"n1", "n2"}
+    next_claims = [ClaimClient("p", "n2"), NodeDown("n1")]
+    assert [restored.apply(c) for c in next_claims] == [state.apply(c) for c in next_claims]
+
+
+def test_restore_refuses_a_snapshot_of_another_version() -> None:
+    snapshot = busy_state().snapshot()
+    snapshot["version"] = 99
+    with pytest.raises(ValueError, match="version 99"):
+        ClusterState().restore(snapshot)
+
+
+# -- determinism ----------------------------------------------------------------
+
+CLIENTS = st.sampled_from(["a", "b", "c"])
+NODES = st.sampled_from(["n1", "n2", "n3", "n4"])
+EPOCHS = st.integers(min_value=1, max_value=12)
+FILTERS = st.sampled_from(["a/#", "a/+", "a/b", "+/b", "#", "b"])
+GROUPS = st.sampled_from([None, "g", "h"])
+SUBSCRIPTIONS = st.builds(
+    StoredSubscription, st.sampled_from(["a/b", "$share/g/a/#", "#"]), st.integers(0, 2)
+)
+COMMANDS = st.one_of(
+    st.builds(SetMembers, st.lists(NODES, max_size=4).map(tuple)),
+    st.builds(ClaimClient, CLIENTS, NODES),
+    st.builds(ReleaseClient, CLIENTS, NODES, EPOCHS),
+    st.builds(
+        PutSession,
+        CLIENTS,
+        NODES,
+        EPOCHS,
+        st.builds(SessionRecord, st.integers(0, 100), st.lists(SUBSCRIPTIONS).map(tuple)),
+    ),
+    st.builds(DropSession, CLIENTS, NODES, EPOCHS),
+    st.builds(AddSessionSubscriptions, CLIENTS, NODES, EPOCHS, st.lists(SUBSCRIPTIONS).map(tuple)),
+    st.builds(RemoveSessionSubscriptions, CLIENTS, NODES, EPOCHS, st.lists(FILTERS).map(tuple)),
+    st.builds(RegisterWill, CLIENTS, NODES, EPOCHS, st.sampled_from([None, WILL])),
+    st.builds(AddRoute, NODES, FILTERS, GROUPS),
+    st.builds(RemoveRoute, NODES, FILTERS, GROUPS),
+    st.builds(
+        SetRetained,
+        st.sampled_from(["a/b", "b"]),
+        st.one_of(
+            st.none(),
+            st.builds(
+                RetainedRecord,
+                st.binary(max_size=3),
+                st.integers(0, 2),
+                st.just({}),
+                st.one_of(st.none(), st.floats(0, 2e9)),
+            ),
+        ),
+    ),
+    st.builds(NodeDown, NODES),
+    st.builds(NodeUp, NODES),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(COMMANDS, max_size=60), st.integers(min_value=0, max_value=60))
+def test_the_same_log_gives_the_same_state_and_results(log: list[object], cut: int) -> None:
+    """Two fresh replicas, one fed pickled copies (as Raft delivers them), and a
+    third restored from a snapshot taken mid-log, all end identical."""
+    one, two, late = ClusterState(), ClusterState(), ClusterState()
+    results_one = [one.apply(command) for command in log]
+    results_two = [two.apply(pickle.loads(pickle.dumps(command))) for command in log]
+    assert results_one == results_two
+    assert one.snapshot() == two.snapshot()
+
+    cut = min(cut, len(log))
+    prefix = ClusterState()
+    for command in log[:cut]:
+        prefix.apply(command)
+    late.restore(pickle.loads(pickle.dumps(prefix.snapshot())))
+    assert [late.apply(command) for command in log[cut:]] == results_one[cut:]
+    assert late.snapshot() == one.snapshot()
+    for topic in ("a/b", "b", "x"):
+        assert late.route_targets(topic) == one.route_targets(topic)

@@ -1,0 +1,320 @@
+"""RaftCluster: ClusterHooks over three real RaftNodes on loopback.
+
+The brokers are stood in for by recording NodeEvents, and the forwarder by
+an in-process one that hands messages to the target node's events; what is
+real is Raft, the state machine and the reactions each node has to what the
+others commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from raft_trio import FAST, IDS, Trio, eventually
+
+from raftmq.cluster.raft import RaftOptions
+from raftmq.cluster.replicated import RaftCluster, SharedGroup
+from raftmq.cluster.state import (
+    ClaimClient,
+    NodeDownResult,
+    Owner,
+    ReleaseClient,
+    RetainedRecord,
+    SessionRecord,
+    SetRetained,
+    StoredSubscription,
+    WillRecord,
+)
+from raftmq.node.hooks import Claim, ClusterUnavailable
+from raftmq.node.message import Message
+from raftmq.node.packets import Will
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class RecordingNode:
+    """NodeEvents (plus adopt_session) that remembers what the cluster asked."""
+
+    def __init__(self) -> None:
+        self.kicks: list[tuple[str, int]] = []
+        self.forwarded: list[Message] = []
+        self.retained: dict[str, Message] = {}
+        self.retained_calls: list[tuple[str, Message | None]] = []
+        self.adopted: list[tuple[str, int, SessionRecord]] = []
+
+    def kick_client(self, client_id: str, epoch: int) -> None:
+        self.kicks.append((client_id, epoch))
+
+    def deliver_forwarded(self, message: Message) -> None:
+        self.forwarded.append(message)
+
+    def apply_retained(self, topic: str, message: Message | None) -> None:
+        self.retained_calls.append((topic, message))
+        if message is None:
+            self.retained.pop(topic, None)
+        else:
+            self.retained[topic] = message
+
+    def adopt_session(self, client_id: str, epoch: int, session: SessionRecord) -> None:
+        self.adopted.append((client_id, epoch, session))
+
+
+@dataclass
+class LoopbackForwarder:
+    """Hands each message to the target nodes' events, and records who sent what where."""
+
+    nodes: dict[str, RecordingNode] = field(default_factory=dict)
+    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[SharedGroup, ...]]]] = field(
+        default_factory=list
+    )
+
+    def send(
+        self,
+        node_ids: Collection[str],
+        message: Message,
+        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+    ) -> asyncio.Future[None]:
+        self.sent.append((tuple(node_ids), message.topic, dict(shared_groups or {})))
+        for node_id in node_ids:
+            self.nodes[node_id].deliver_forwarded(message)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@dataclass
+class Cluster:
+    trio: Trio
+    forwarder: LoopbackForwarder
+    hooks: dict[str, RaftCluster] = field(default_factory=dict)
+    nodes: dict[str, RecordingNode] = field(default_factory=dict)
+
+    def add(self, node_id: str) -> RaftCluster:
+        """A RaftCluster for ``node_id`` on a new RaftNode (its data dir is kept)."""
+        hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
+        node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
+        hooks.attach(node)
+        self.hooks[node_id] = hooks
+        return hooks
+
+    async def start(self, *ids: str) -> None:
+        for node_id in ids or IDS:
+            await self.add(node_id).start()
+        await self.trio.leader(among=ids or IDS)
+        await eventually(
+            lambda: all(h.state.members == IDS for h in self.running()), 10, "members committed"
+        )
+
+    def running(self) -> list[RaftCluster]:
+        return [h for h in self.hooks.values() if h.raft.running]
+
+    async def stop(self, *ids: str) -> None:
+        for node_id in ids or tuple(self.hooks):
+            await self.hooks[node_id].stop()
+
+
+async def started(tmp_path: Path, options: RaftOptions = FAST) -> Cluster:
+    cluster = Cluster(Trio(tmp_path, options), LoopbackForwarder())
+    try:
+        await cluster.start()
+    except BaseException:
+        await cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    running = await started(tmp_path)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None:
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    first = await n1.claim_client("c1")
+    assert first.previous_owner is None
+    second = await n2.claim_client("c1")
+    assert second == Claim(second.epoch, "n1") and second.epoch > first.epoch
+    await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n1"].kicks, 5, "n1 kicked")
+    await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n3"].kicks, 5, "n3 told")
+    assert ("c1", second.epoch) not in cluster.nodes["n2"].kicks, "a claim never kicks its own"
+    await n2.release_client("c1", second.epoch)
+    assert n2.state.owner_of("c1") is None
+
+
+async def test_a_will_is_registered_only_by_the_current_owner(cluster: Cluster) -> None:
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    await n1.claim_client("c1")
+    await n1.register_will("c1", Will("w/c1", b"from n1", 1))
+    assert n1.state.wills["c1"] == WillRecord("w/c1", b"from n1", 1, False, {})
+    await n2.claim_client("c1")
+    await eventually(lambda: "c1" not in n1._claims, 5, "n1 learns it lost c1")
+    await n1.register_will("c1", Will("w/c1", b"stale", 1))
+    await n2.register_will("c1", Will("w/c1", b"from n2", 0))
+    await cluster.trio.converged()
+    assert n1.state.wills["c1"].payload == b"from n2"
+
+
+async def test_a_persistent_session_follows_its_client(cluster: Cluster) -> None:
+    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
+    claim = await n1.claim("p1")
+    record = SessionRecord(3600, (StoredSubscription("a/#", 1),))
+    assert await n1.save_session("p1", claim.epoch, record)
+    more = (StoredSubscription("$share/g/b", 2, identifier=4),)
+    assert await n1.add_session_subscriptions("p1", claim.epoch, more)
+    resumed = await n3.claim("p1")
+    assert resumed.previous_owner == "n1"
+    assert resumed.session == SessionRecord(3600, (*record.subscriptions, *more))
+    assert not await n1.save_session("p1", claim.epoch, SessionRecord(0)), "fenced"
+    assert await n3.remove_session_subscriptions("p1", resumed.epoch, ["a/#"])
+    assert await n3.drop_session("p1", resumed.epoch)
+
+
+async def test_retained_messages_set_anywhere_reach_every_node(cluster: Cluster) -> None:
+    n2 = cluster.hooks["n2"]
+    message = Message.create("r/t", b"22.5", 1, True, {"message_expiry_interval": 100})
+    await n2.set_retained("r/t", message)
+    nodes = cluster.nodes.values()
+    await eventually(lambda: all("r/t" in n.retained for n in nodes), 5, "retained everywhere")
+    for node in nodes:
+        copy = node.retained["r/t"]
+        assert (copy.payload, copy.qos, copy.retain) == (b"22.5", 1, True)
+        assert copy.expires_at is not None
+        assert abs(copy.expires_at - (time.monotonic() + 100)) < 5
+    await n2.set_retained("r/t", None)
+    await eventually(lambda: all("r/t" not in n.retained for n in nodes), 5, "cleared everywhere")
+
+    expired = RetainedRecord(b"old", 0, {}, expires_at=time.time() - 1)
+    await n2.raft.submit(SetRetained("r/old", expired))
+    await eventually(
+        lambda: all(("r/old", None) in n.retained_calls for n in nodes), 5, "expired: cleared"
+    )
+
+
+async def test_forward_targets_only_other_nodes_with_matching_routes(cluster: Cluster) -> None:
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    forwarder = cluster.forwarder
+    message = Message.create("s/x", b"m", 1, False)
+    assert n1.forward(message) is None
+    await n2.add_route("s/+", None)
+    await eventually(lambda: n1.forward(message) is not None, 5, "n1 sees n2's route")
+    assert forwarder.sent[-1] == (("n2",), "s/x", {})
+    assert cluster.nodes["n2"].forwarded[-1] is message
+    assert n1.forward(Message.create("other", b"m", 0, False)) is None
+    assert n2.forward(message) is None, "never to itself"
+    await n1.add_route("s/#", None)
+    await n2.remove_route("s/+", None)
+    await eventually(lambda: n1.forward(message) is None, 5, "route gone, cache dropped")
+    await eventually(lambda: n2.forward(message) is not None, 5, "n2 sees n1's route")
+    assert forwarder.sent[-1] == (("n1",), "s/x", {})
+
+
+async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster: Cluster) -> None:
+    n1, n2, n3 = (cluster.hooks[n] for n in IDS)
+    forwarder = cluster.forwarder
+    message = Message.create("j/1", b"m", 1, False)
+    group = ("g", "j/#")
+    await n2.add_route("j/#", "g")
+    await n3.add_route("j/#", "g")
+    await cluster.trio.converged()
+    sends = []
+    for _ in range(4):
+        assert n1.forward(message) is not None
+        targets, _, groups = forwarder.sent[-1]
+        sends.append((targets, groups))
+    assert sends == [
+        (("n2",), {"n2": (group,)}),
+        (("n3",), {"n3": (group,)}),
+        (("n2",), {"n2": (group,)}),
+        (("n3",), {"n3": (group,)}),
+    ], "round robin: one node serves the group for each message"
+    assert n2.forward(message) is None, "n2 has a member of g itself"
+
+    await n3.add_route("j/+", None)
+    await cluster.trio.converged()
+    n1.forward(message)
+    n1.forward(message)
+    assert forwarder.sent[-2:] == [
+        (("n3", "n2"), "j/1", {"n2": (group,)}),
+        (("n3",), "j/1", {"n3": (group,)}),
+    ], "n3 always gets it for its plain subscriber, and serves g only when picked"
+    n2.forward(message)
+    assert forwarder.sent[-1] == (("n3",), "j/1", {}), "g is served on n2 itself"
+
+
+async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) -> None:
+    n1, n2, n3 = (cluster.hooks[n] for n in IDS)
+    await n2.add_route("wills/#", None)
+    await n3.claim_client("c9")
+    await n3.register_will("c9", Will("wills/c9", b"c9 lost", 1, True))
+    persistent = await n3.claim("p1")
+    record = SessionRecord(600, (StoredSubscription("p/#", 1),))
+    await n3.save_session("p1", persistent.epoch, record)
+
+    result = await n1.node_down("n3")
+
+    assert isinstance(result, NodeDownResult)
+    assert [cid for cid, _ in result.wills] == ["c9"]
+    ((client_id, home),) = result.rehomed
+    assert client_id == "p1" and home.node_id in ("n1", "n2")
+    await eventually(lambda: cluster.nodes["n1"].forwarded, 5, "n1 published the will")
+    will = cluster.nodes["n1"].forwarded[0]
+    assert (will.topic, will.payload, will.qos, will.retain) == ("wills/c9", b"c9 lost", 1, True)
+    assert (("n2",), "wills/c9", {}) in cluster.forwarder.sent
+    await eventually(
+        lambda: all("wills/c9" in cluster.nodes[n].retained for n in IDS), 5, "retained will"
+    )
+    await eventually(
+        lambda: ("p1", home.epoch, record) in cluster.nodes[home.node_id].adopted, 5, "adopted"
+    )
+    kicked = cluster.nodes["n3"].kicks
+    await eventually(lambda: ("c9", result.fence_epoch) in kicked, 5, "n3 drops its clients")
+    assert ("p1", result.fence_epoch) in kicked
+    assert n2.state.down == {"n3"}
+    assert n2.state.owner_of("p1") == Owner(home.node_id, home.epoch)
+    assert n1.status().down == ("n3",)
+
+
+async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: Path) -> None:
+    cluster = await started(tmp_path, dataclasses.replace(FAST, commit_timeout=1.0))
+    try:
+        leader = cluster.hooks[(await cluster.trio.leader()).node_id]
+        applied: list[object] = []
+        leader.raft.add_listener(lambda a: applied.append(a.command))
+        others = [n for n in IDS if n != leader.node_id]
+        await cluster.stop(*others)
+        with pytest.raises(ClusterUnavailable):
+            await leader.claim_client("late")
+        await cluster.add(others[0]).start()
+        await eventually(
+            lambda: any(isinstance(c, ReleaseClient) and c.client_id == "late" for c in applied),
+            20,
+            "the orphaned claim committed, then was released",
+        )
+        claim = next(c for c in applied if isinstance(c, ClaimClient) and c.client_id == "late")
+        assert claim.node_id == leader.node_id
+        assert leader.state.owner_of("late") is None
+        assert "late" not in leader._claims
+    finally:
+        await cluster.stop()
+
+
+async def test_status_counts_what_the_state_holds(cluster: Cluster) -> None:
+    n1 = cluster.hooks["n1"]
+    await n1.claim_client("c1")
+    await n1.add_route("a/b", None)
+    await n1.set_retained("a/b", Message.create("a/b", b"v", 0, True))
+    status = n1.status()
+    assert status.members == IDS
+    assert (status.clients, status.routes, status.retained) == (1, 1, 1)
+    assert status.raft.leader in IDS
+    assert status.raft.node_id == "n1"
