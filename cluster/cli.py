@@ -20,6 +20,7 @@ import uvloop
 
 from raftmq.cluster.bench.cli import add_parser as add_bench_command
 from raftmq.cluster.certs import add_parser as add_certs_command
+from raftmq.cluster.local_cluster import add_parser as add_cluster_command
 from raftmq.cluster.passwd import add_parser as add_passwd_command
 from raftmq.node.config import (
     DEFAULT_LISTEN,
@@ -39,7 +40,18 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2  # what argparse exits with; a bad config is a usage error too
 
 # Config keys that `raftmq node` also takes as flags (--data-dir for data_dir), with metavars.
-NODE_FLAGS = {"listen": "URL", "data_dir": "DIR", "node_id": "ID", "log_level": "LEVEL"}
+NODE_FLAGS = {
+    "listen": "URL",
+    "data_dir": "DIR",
+    "node_id": "ID",
+    "log_level": "LEVEL",
+    "cluster_secret": "SECRET",
+    "raft_listen": "HOST:PORT",
+    "grpc_listen": "HOST:PORT",
+    "peers": "ID=RAFT,GRPC",
+}
+REPEATED_FLAGS = {"listen": "--listen", "peers": "--peer"}
+"""Keys whose flag is given once per list item, replacing the file's list."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(commands)
     add_certs_command(commands)
     add_passwd_command(commands)
+    add_cluster_command(commands)
     return parser
 
 
@@ -67,9 +80,10 @@ def _add_node_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     node.add_argument("--config", metavar="FILE", help="TOML file with any of the keys below")
     for name, metavar in NODE_FLAGS.items():
         flag = "--" + name.replace("_", "-")
-        if name == "listen":
+        if name in REPEATED_FLAGS:
             node.add_argument(
-                flag,
+                REPEATED_FLAGS[name],
+                dest=name,
                 action="append",
                 metavar=metavar,
                 help=f"{help_of[name]} Repeat for several; replaces the file's list.",
@@ -120,11 +134,24 @@ async def serve_node(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    broker = Broker(config)
+    hooks = None
+    startup_errors: tuple[type[Exception], ...] = (OSError,)
+    if config.cluster_secret is not None:
+        # Only clustered nodes load Raft and gRPC.
+        from raftmq.cluster.assemble import build_cluster
+        from raftmq.cluster.raft import RaftStartError
+
+        startup_errors = (OSError, RaftStartError)
+        try:
+            hooks = build_cluster(config)
+        except RaftStartError as exc:
+            print(f"raftmq: error: cannot start node {config.node_id}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    broker = Broker(config, hooks)
     loop.add_signal_handler(signal.SIGHUP, reload_security_files, broker)
     try:
         await broker.start()
-    except OSError as exc:
+    except startup_errors as exc:
         print(f"raftmq: error: cannot start node {config.node_id}: {exc}", file=sys.stderr)
         await broker.stop()
         return EXIT_FAILURE

@@ -188,7 +188,7 @@ class RaftCluster:
 
     async def claim_client(self, client_id: str) -> Claim:
         result = await self.claim(client_id)
-        return Claim(result.epoch, result.previous_owner)
+        return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
 
     async def claim(self, client_id: str) -> ClaimResult:
         """Claim ``client_id`` for this node; the result carries its persistent session."""

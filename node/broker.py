@@ -13,8 +13,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Collection, Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from .acl import AccessControl
@@ -285,10 +285,10 @@ class Broker:
         elif session.will is not None:
             self._schedule_will(session)
         if session.expiry_interval == 0:
-            self._end_session(session)
+            self._end_session(session, conn.epoch)
         elif session.expiry_interval != NEVER_EXPIRES:
             session.expiry_handle = asyncio.get_running_loop().call_later(
-                session.expiry_interval, self._end_session, session
+                session.expiry_interval, self._end_session, session, conn.epoch
             )
             session.expires_at = time.time() + session.expiry_interval
         if session.store is not None:
@@ -354,9 +354,7 @@ class Broker:
             return
         # Everything from here on runs without yielding, so no other CONNECT can
         # slip in between the checks and the session change.
-        if self.stats.clients_connected >= cfg.max_connections and not self._is_takeover(
-            client_id
-        ):
+        if self.stats.clients_connected >= cfg.max_connections and not self._is_takeover(client_id):
             limits.connections += 1
             conn.connack(ReasonCode.QUOTA_EXCEEDED)
 
@@ -474,8 +472,12 @@ class Broker:
         self.route(message)
         self._background(self.hooks.register_will(session.client_id, None))
 
-    def _end_session(self, session: Session) -> None:
-        """The session is over: a pending delayed will goes now (MQTT 5 §3.1.3.2.2)."""
+    def _end_session(self, session: Session, release_epoch: int | None = None) -> None:
+        """The session is over: a pending delayed will goes now (MQTT 5 §3.1.3.2.2).
+
+        ``release_epoch``: the claim this node held for the client, given back to
+        the cluster; the cluster ignores it if a newer claim exists anywhere.
+        """
         if self.sessions.get(session.client_id) is not session:
             return
         if session.expiry_handle is not None:
@@ -492,6 +494,8 @@ class Broker:
             self._remove_subscription(session.client_id, sub)
         session.subscriptions.clear()
         session.clear_delivery_state()
+        if release_epoch is not None:
+            self._background(self.hooks.release_client(session.client_id, release_epoch))
 
     # -- publishing ---------------------------------------------------------
 
@@ -551,7 +555,7 @@ class Broker:
         matched, pending = self.route(message)
         self._publishing = None
         if qos == 0:
-            return None
+            return None if pending is None else _wait_for_room(pending)
         if pending is not None:
             return self._ack_after(conn, packet, pending, matched)
         self._ack(conn, packet, matched)
@@ -651,8 +655,13 @@ class Broker:
         matched = self.deliver_local(message)
         return matched, self.hooks.forward(message)
 
-    def deliver_local(self, message: Message) -> int:
-        """Deliver to this node's subscribers; returns how many sessions got it."""
+    def deliver_local(
+        self, message: Message, only_groups: Collection[tuple[str, str]] | None = None
+    ) -> int:
+        """Deliver to this node's subscribers; returns how many sessions got it.
+
+        ``only_groups``: the (group, topic filter) share groups to serve; None for all.
+        """
         topic = message.topic
         entries = self.subscriptions.match(topic)
         delivered = 0
@@ -662,10 +671,10 @@ class Broker:
                 delivered = self._deliver_one(message, client_id, sub)
             else:
                 delivered = self._deliver_overlapping(message, entries)
-        if len(self.shared):
+        if len(self.shared) and (only_groups is None or only_groups):
             shared = self.shared.match(topic)
             if shared:
-                delivered += self._deliver_shared(message, shared)
+                delivered += self._deliver_shared(message, shared, only_groups)
         return delivered
 
     def _deliver_one(self, message: Message, client_id: str, sub: Subscription) -> int:
@@ -716,11 +725,16 @@ class Broker:
         return delivered
 
     def _deliver_shared(
-        self, message: Message, entries: tuple[tuple[str, tuple[str, str], Subscription], ...]
+        self,
+        message: Message,
+        entries: tuple[tuple[str, tuple[str, str], Subscription], ...],
+        only_groups: Collection[tuple[str, str]] | None = None,
     ) -> int:
         """Each matching share group gets one copy, round robin, preferring online members."""
         groups: dict[tuple[str, str], list[tuple[str, Subscription]]] = {}
         for topic_filter, (group, client_id), sub in entries:
+            if only_groups is not None and (group, topic_filter) not in only_groups:
+                continue
             groups.setdefault((group, topic_filter), []).append((client_id, sub))
         delivered = 0
         for key, members in groups.items():
@@ -855,8 +869,10 @@ class Broker:
         if session.connection.epoch < epoch:
             session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
-    def deliver_forwarded(self, message: Message) -> None:
-        self.deliver_local(message)
+    def deliver_forwarded(
+        self, message: Message, shared_groups: Collection[tuple[str, str]] | None = None
+    ) -> None:
+        self.deliver_local(message, shared_groups)
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         """The one place retained messages change, so the byte count stays exact."""
@@ -876,3 +892,12 @@ class Broker:
         if retain:
             self.apply_retained(topic, message)
         self.deliver_local(message)
+
+
+async def _wait_for_room(pending: Awaitable[None]) -> None:
+    """QoS 0 towards a peer at its queue limit: read nothing more from the publisher
+    until the peer has room. QoS 0 is at most once, so a peer that cannot be
+    reached (the forwarder counts what it drops) does not cost the publisher its
+    connection."""
+    with suppress(ClusterUnavailable):
+        await pending

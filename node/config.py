@@ -70,6 +70,43 @@ class ListenAddress:
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
+NODE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+NODE_ID_ALLOWED = "1 to 64 letters, digits, '.', '_' or '-'"
+HOST_PORT_PATTERN = r"[A-Za-z0-9._-]+:[0-9]{1,5}"
+MIN_CLUSTER_SECRET = 16  # what raftmq.cluster.raft also demands; checked here to fail early
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """Another node of a static cluster: its id and where its Raft and gRPC ports are."""
+
+    node_id: str
+    raft: str
+    grpc: str
+
+    def spec(self) -> str:
+        return f"{self.node_id}={self.raft},{self.grpc}"
+
+
+def parse_peer(spec: str) -> PeerAddress:
+    """Parse ``NODE_ID=RAFT_HOST:PORT,GRPC_HOST:PORT``; ValueError names what is wrong."""
+    expected = "expected NODE_ID=RAFT_HOST:PORT,GRPC_HOST:PORT"
+    node_id, sep, addresses = spec.partition("=")
+    parts = addresses.split(",")
+    if not sep or len(parts) != 2:
+        raise ValueError(f"invalid peer {spec!r}: {expected}")
+    if not re.fullmatch(NODE_ID_PATTERN, node_id):
+        raise ValueError(f"invalid peer {spec!r}: node id must be {NODE_ID_ALLOWED}")
+    for what, address in zip(("Raft", "gRPC"), parts, strict=True):
+        _check_host_port(address, f"peer {spec!r}: {what} address")
+    return PeerAddress(node_id, parts[0], parts[1])
+
+
+def _check_host_port(address: str, what: str) -> None:
+    if not re.fullmatch(HOST_PORT_PATTERN, address) or not 0 < int(address.rsplit(":")[1]) < 65536:
+        raise ValueError(f"{what} {address!r} must be HOST:PORT with a port from 1 to 65535")
+
+
 def parse_listen(url: str, *, source: str = "--listen") -> ListenAddress:
     """Parse ``tcp|mqtts://HOST:PORT`` or ``ws|wss://HOST:PORT[/PATH]``; errors name ``source``."""
     try:
@@ -195,8 +232,43 @@ class Config:
         default="node1",
         metadata=_rule(
             help="Name of this node, unique within its cluster.",
-            pattern=r"[A-Za-z0-9._-]{1,64}",
-            allowed="1 to 64 letters, digits, '.', '_' or '-'",
+            pattern=NODE_ID_PATTERN,
+            allowed=NODE_ID_ALLOWED,
+        ),
+    )
+    cluster_secret: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="Secret shared by every node of the cluster: it keys the encryption of the "
+            "Raft port and authenticates forwarding streams. Unset: the node is a cluster of "
+            "one and the other cluster keys must be unset too. Prefer the config file to "
+            "the flag, which other local users can see.",
+            allowed=f"at least {MIN_CLUSTER_SECRET} characters",  # checked without echoing it
+        ),
+    )
+    raft_listen: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="HOST:PORT of this node's Raft port, as its peers reach it; needed with "
+            "cluster_secret.",
+            pattern=HOST_PORT_PATTERN,
+            allowed="HOST:PORT",
+        ),
+    )
+    grpc_listen: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="HOST:PORT of this node's forwarding (gRPC) port, as its peers reach it; "
+            "needed with cluster_secret.",
+            pattern=HOST_PORT_PATTERN,
+            allowed="HOST:PORT",
+        ),
+    )
+    peers: list[PeerAddress] = field(
+        default_factory=list,
+        metadata=_rule(
+            help="The other nodes of the cluster (static membership), each as "
+            "NODE_ID=RAFT_HOST:PORT,GRPC_HOST:PORT; every node lists all the others.",
         ),
     )
     allow_anonymous: bool | None = field(
@@ -472,6 +544,23 @@ def _as_bool(value: object) -> bool:
     raise TypeError("a boolean")
 
 
+def _as_peers(value: object) -> list[PeerAddress]:
+    specs = [value] if isinstance(value, str) else value
+    if not isinstance(specs, list | tuple) or not all(isinstance(p, str) for p in specs):
+        raise TypeError("a peer string or an array of peer strings")
+    peers = [parse_peer(spec) for spec in specs]
+    seen: dict[str, str] = {}
+    for peer in peers:
+        if peer.node_id in seen:
+            raise ValueError(f"node id {peer.node_id!r} is listed twice")
+        for address in (peer.raft, peer.grpc):
+            if address in seen:
+                raise ValueError(f"address {address} is listed twice")
+            seen[address] = peer.node_id
+        seen[peer.node_id] = peer.node_id
+    return peers
+
+
 def _as_listen(value: object) -> list[ListenAddress]:
     urls = [value] if isinstance(value, str) else value
     if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
@@ -502,6 +591,11 @@ _TYPES: dict[object, tuple[str, Callable[[object], object], str]] = {
         _as_listen,
         "tcp://, ws://, mqtts:// or wss:// URLs with host and port, at least one",
     ),
+    list[PeerAddress]: (
+        "string or array of strings",
+        _as_peers,
+        "NODE_ID=RAFT_HOST:PORT,GRPC_HOST:PORT entries with distinct ids and addresses",
+    ),
 }
 
 
@@ -524,7 +618,8 @@ def _toml_literal(value: object) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, list):
-        return "[" + ", ".join(f'"{a.url()}"' for a in value) + "]"
+        items = (a.url() if isinstance(a, ListenAddress) else a.spec() for a in value)
+        return "[" + ", ".join(f'"{item}"' for item in items) + "]"
     return str(value)
 
 
@@ -605,7 +700,9 @@ def load_config(
     if overrides:
         values.update(_parse_table(overrides, OVERRIDES_ORIGIN))
     config = Config(**values)
-    _check_tls_keys(config, os.fspath(path) if path is not None else OVERRIDES_ORIGIN)
+    origin = os.fspath(path) if path is not None else OVERRIDES_ORIGIN
+    _check_tls_keys(config, origin)
+    _check_cluster_keys(config, origin)
     return config
 
 
@@ -623,6 +720,45 @@ def _check_tls_keys(config: Config, origin: str) -> None:
         raise ConfigError(
             f"{origin}: key 'tls_cert_as_username' needs 'tls_require_client_cert = true'"
         )
+
+
+def _check_cluster_keys(config: Config, origin: str) -> None:
+    """A node is either alone (no cluster keys) or fully described: half a cluster
+    config would otherwise surface as a node that silently runs alone."""
+    if config.cluster_secret is None:
+        given = [k for k in ("raft_listen", "grpc_listen") if getattr(config, k) is not None]
+        if config.peers:
+            given.append("peers")
+        if given:
+            raise ConfigError(f"{origin}: key {given[0]!r} needs 'cluster_secret'")
+        return
+    if len(config.cluster_secret) < MIN_CLUSTER_SECRET:
+        raise ConfigError(
+            f"{origin}: key 'cluster_secret' must be at least {MIN_CLUSTER_SECRET} characters, "
+            f"got {len(config.cluster_secret)}"
+        )
+    for key in ("raft_listen", "grpc_listen"):
+        value = getattr(config, key)
+        if value is None:
+            raise ConfigError(f"{origin}: key 'cluster_secret' needs {key!r} (HOST:PORT)")
+        try:
+            _check_host_port(value, "address")
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: key {key!r}: {exc}") from None
+    if config.raft_listen == config.grpc_listen:
+        raise ConfigError(
+            f"{origin}: keys 'raft_listen' and 'grpc_listen' are both {config.raft_listen}"
+        )
+    for peer in config.peers:
+        if peer.node_id == config.node_id:
+            raise ConfigError(
+                f"{origin}: key 'peers': {peer.spec()!r} is this node ({config.node_id!r})"
+            )
+        for address in (peer.raft, peer.grpc):
+            if address in (config.raft_listen, config.grpc_listen):
+                raise ConfigError(
+                    f"{origin}: key 'peers': {peer.spec()!r} uses this node's address {address}"
+                )
 
 
 def _code(default: str) -> str:

@@ -12,12 +12,15 @@ apply a retained message committed anywhere in the cluster.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from .message import Message
 from .packets import Will
+
+SharedGroup = tuple[str, str]
+"""(share group name, topic filter) of a ``$share/group/filter`` subscription."""
 
 
 class ClusterUnavailable(Exception):
@@ -33,6 +36,11 @@ class Claim:
 
     epoch: int
     previous_owner: str | None
+    previous_epoch: int | None = None
+    """The epoch of the claim this one replaced, when the cluster keeps it."""
+    session: object | None = None
+    """The replicated persistent session the client left on any node, when the cluster
+    keeps one; opaque to the node (its shape belongs to the cluster implementation)."""
 
 
 class NodeEvents(Protocol):
@@ -41,8 +49,16 @@ class NodeEvents(Protocol):
     def kick_client(self, client_id: str, epoch: int) -> None:
         """Another node (or a newer epoch here) now owns ``client_id``."""
 
-    def deliver_forwarded(self, message: Message) -> None:
-        """A publish from another node whose topic matches our subscribers."""
+    def deliver_forwarded(
+        self, message: Message, shared_groups: Collection[SharedGroup] | None = None
+    ) -> None:
+        """A publish from another node whose topic matches our subscribers.
+
+        ``shared_groups`` are the (group, topic filter) share groups this node was
+        chosen to serve for the message: only those get it here, so that each group
+        gets it once cluster-wide. None serves every local group (a publish made on
+        the cluster's behalf here, such as a dead node's will).
+        """
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         """A retained message was set (or cleared, with None) cluster-wide."""

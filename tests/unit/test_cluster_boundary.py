@@ -24,6 +24,8 @@ from raftmq.node.packets import (
     Connect,
     Disconnect,
     Packet,
+    Pingreq,
+    Pingresp,
     Puback,
     Publish,
     Suback,
@@ -50,6 +52,10 @@ class RecordingCluster(LocalCluster):
         if self.unavailable:
             raise ClusterUnavailable("no quorum")
         return await super().claim_client(client_id)
+
+    async def release_client(self, client_id: str, epoch: int) -> None:
+        self.calls.append(("release", client_id, epoch))
+        await super().release_client(client_id, epoch)
 
     async def add_route(self, topic_filter: str, share_group: str | None) -> None:
         self.calls.append(("add_route", topic_filter, share_group))
@@ -179,6 +185,74 @@ async def test_qos1_ack_waits_for_forwarding(node: tuple[Broker, RecordingCluste
     assert isinstance(ack, Puback) and ack.packet_id == 3 and ack.reason_code == 0
     client.send(Disconnect())
     await client.close()
+
+
+async def test_qos0_publisher_waits_for_room_at_the_peer(
+    node: tuple[Broker, RecordingCluster, int],
+):
+    """A QoS 0 forward that returns an awaitable (a peer at its queue limit) stops the
+    broker reading from the publisher until it completes: the PINGREQ behind it waits."""
+    _, cluster, port = node
+    cluster.forward_gate = asyncio.get_running_loop().create_future()
+    client, _ = await Client.connect(port, "p0")
+    client.send(Publish("remote/topic", b"x", qos=0))
+    client.send(Pingreq())
+    with pytest.raises(asyncio.TimeoutError):
+        await client.receive(timeout=0.3)
+    cluster.forward_gate.set_result(None)
+    assert isinstance(await client.receive(), Pingresp)
+    await client.close()
+
+
+async def test_session_end_releases_the_claim(node: tuple[Broker, RecordingCluster, int]):
+    """A non-persistent session releases its claim when it ends, a persistent one when it
+    expires; the release names the epoch of the claim so that a newer one survives it."""
+    _, cluster, port = node
+    brief, connack = await Client.connect(port, "brief")
+    assert connack.reason_code == 0
+    brief.send(Disconnect())
+    await brief.close()
+    lasting, _ = await Client.connect(
+        port, "lasting", clean_start=False, properties={"session_expiry_interval": 1}
+    )
+    lasting.send(Disconnect())
+    await lasting.close()
+    await asyncio.sleep(0.2)
+    released = [call for call in cluster.calls if call[0] == "release"]
+    assert released == [("release", "brief", 1)]
+    await asyncio.sleep(1.3)
+    released = [call for call in cluster.calls if call[0] == "release"]
+    assert released == [("release", "brief", 1), ("release", "lasting", 1)]
+
+
+async def test_forwarded_publish_serves_only_the_named_share_groups(
+    node: tuple[Broker, RecordingCluster, int],
+):
+    """The sending node picked this node for g1 only: g2 (served elsewhere) must not get
+    a second copy here, while plain subscribers always do."""
+    broker, _, port = node
+    plain, _ = await Client.connect(port, "plain")
+    in_g1, _ = await Client.connect(port, "in-g1")
+    in_g2, _ = await Client.connect(port, "in-g2")
+    for client, topic_filter in (
+        (plain, "s/t"),
+        (in_g1, "$share/g1/s/t"),
+        (in_g2, "$share/g2/s/t"),
+    ):
+        client.send(Subscribe(1, [(topic_filter, SubscriptionOptions(qos=0))]))
+        assert isinstance(await client.receive(), Suback)
+    broker.deliver_forwarded(Message.create("s/t", b"fwd", 0, False), (("g1", "s/t"),))
+    for client in (plain, in_g1):
+        got = await client.receive()
+        assert isinstance(got, Publish) and got.payload == b"fwd"
+    with pytest.raises(asyncio.TimeoutError):
+        await in_g2.receive(timeout=0.3)
+    broker.deliver_forwarded(Message.create("s/t", b"all", 0, False))
+    for client in (plain, in_g1, in_g2):
+        got = await client.receive()
+        assert isinstance(got, Publish) and got.payload == b"all"
+    for client in (plain, in_g1, in_g2):
+        await client.close()
 
 
 def test_node_never_imports_cluster() -> None:

@@ -9,6 +9,7 @@ from raftmq.node.config import (
     Config,
     ConfigError,
     ListenAddress,
+    PeerAddress,
     config_reference_markdown,
     default_config,
     load_config,
@@ -362,3 +363,49 @@ def test_reference_covers_every_key_once() -> None:
     for key in KEYS:
         assert table.count(f"| `{key.name}` |") == 1
         assert key.help and key.check and key.type
+
+
+CLUSTER_TOML = """
+node_id = "n1"
+cluster_secret = "sixteen-chars-ok"
+raft_listen = "127.0.0.1:7001"
+grpc_listen = "127.0.0.1:7101"
+peers = ["n2=127.0.0.1:7002,127.0.0.1:7102", "n3=127.0.0.1:7003,127.0.0.1:7103"]
+"""
+
+
+def test_cluster_keys_from_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, CLUSTER_TOML))
+    assert config.cluster_secret == "sixteen-chars-ok"
+    assert (config.raft_listen, config.grpc_listen) == ("127.0.0.1:7001", "127.0.0.1:7101")
+    assert config.peers == [
+        PeerAddress("n2", "127.0.0.1:7002", "127.0.0.1:7102"),
+        PeerAddress("n3", "127.0.0.1:7003", "127.0.0.1:7103"),
+    ]
+
+
+def test_single_node_has_no_cluster_keys() -> None:
+    config = default_config()
+    assert config.cluster_secret is None and config.peers == []
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "error"),
+    [
+        ('cluster_secret = "sixteen-chars-ok"\n', "", "key 'raft_listen' needs 'cluster_secret'"),
+        ('"sixteen-chars-ok"', '"short"', "'cluster_secret' must be at least 16 characters, got 5"),
+        ('raft_listen = "127.0.0.1:7001"\n', "", "'cluster_secret' needs 'raft_listen'"),
+        ('"127.0.0.1:7101"', '"127.0.0.1:0"', "key 'grpc_listen': address '127.0.0.1:0' must be"),
+        ('"127.0.0.1:7101"', '"127.0.0.1:7001"', "'raft_listen' and 'grpc_listen' are both"),
+        ("n2=", "n2:", "invalid peer 'n2:127.0.0.1:7002,127.0.0.1:7102': expected NODE_ID="),
+        ("n3=", "n2=", "node id 'n2' is listed twice"),
+        ("n3=", "n1=", "'n1=127.0.0.1:7003,127.0.0.1:7103' is this node ('n1')"),
+        ("127.0.0.1:7003", "127.0.0.1:7001", "uses this node's address 127.0.0.1:7001"),
+        ("127.0.0.1:7102", "nowhere", "gRPC address 'nowhere' must be HOST:PORT"),
+    ],
+)
+def test_cluster_key_errors(tmp_path: Path, replace: str, by: str, error: str) -> None:
+    assert replace in CLUSTER_TOML
+    message = load_error(tmp_path, CLUSTER_TOML.replace(replace, by, 1))
+    assert error in message, message
+    assert "short" not in message, "the secret is never echoed"

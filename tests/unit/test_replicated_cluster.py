@@ -143,7 +143,7 @@ async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None
     first = await n1.claim_client("c1")
     assert first.previous_owner is None
     second = await n2.claim_client("c1")
-    assert second == Claim(second.epoch, "n1") and second.epoch > first.epoch
+    assert second == Claim(second.epoch, "n1", first.epoch) and second.epoch > first.epoch
     await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n1"].kicks, 5, "n1 kicked")
     await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n3"].kicks, 5, "n3 told")
     assert ("c1", second.epoch) not in cluster.nodes["n2"].kicks, "a claim never kicks its own"
