@@ -203,7 +203,7 @@ def _read_varint(mv: memoryview, off: int, end: int, ctx: str, field: str) -> tu
 # Properties
 
 
-def _decode_properties(mv: memoryview, off: int, end: int, ctx: str) -> tuple[Properties, int]:
+def decode_properties(mv: memoryview, off: int, end: int, ctx: str) -> tuple[Properties, int]:
     """Properties of ``ctx`` starting at the property length at ``off``."""
     where = "CONNECT will" if ctx == "WILL" else ctx
     length, off = _read_varint(mv, off, end, where, "property length")
@@ -439,13 +439,13 @@ def _decode_connect(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
         raise MQTTProtocolError(_MALFORMED, f"{ctx}: password flag set without username flag")
     props: Properties = {}
     if version == 5:
-        props, off = _decode_properties(mv, off, end, ctx)
+        props, off = decode_properties(mv, off, end, ctx)
     client_id, off = _read_str(mv, off, end, ctx, "client identifier")
     will = None
     if will_flag:
         will_props: Properties = {}
         if version == 5:
-            will_props, off = _decode_properties(mv, off, end, "WILL")
+            will_props, off = decode_properties(mv, off, end, "WILL")
         will_topic, off = _read_str(mv, off, end, ctx, "will topic")
         validate_topic_name(will_topic, "CONNECT will")
         will_payload, off = _read_bin(mv, off, end, ctx, "will payload")
@@ -478,7 +478,7 @@ def _decode_connack(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
     props: Properties = {}
     if level == 5:
         _check_code(code, _CONNACK_CODES, ctx)
-        props, off = _decode_properties(mv, off, end, ctx)
+        props, off = decode_properties(mv, off, end, ctx)
     elif code > 5:
         raise MQTTProtocolError(_PROTOCOL, f"{ctx}: invalid return code {code}")
     if session_present and code:  # [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0)
@@ -517,7 +517,7 @@ def _decode_publish(level: int, b0: int, mv: memoryview, off: int, end: int) -> 
         props = {}
         off += 1
     else:
-        props, off = _decode_properties(mv, off, end, "PUBLISH")
+        props, off = decode_properties(mv, off, end, "PUBLISH")
     if topic:
         if "\x00" in topic:  # [MQTT-1.5.4-2], a string rule: malformed, not a topic error
             raise MQTTProtocolError(_MALFORMED, "PUBLISH: topic name contains U+0000")
@@ -553,7 +553,7 @@ def _ack_decoder(cls: type[Puback | Pubrec | Pubrel | Pubcomp], codes: frozenset
         _check_code(code, codes, ctx)
         props: Properties = {}
         if off + 1 < end:
-            props, off = _decode_properties(mv, off + 1, end, ctx)
+            props, off = decode_properties(mv, off + 1, end, ctx)
             if off != end:
                 raise _trailing(ctx)
         return cls(packet_id, code, props)
@@ -567,7 +567,7 @@ def _decode_subscribe(level: int, b0: int, mv: memoryview, off: int, end: int) -
     off += 2
     props: Properties = {}
     if level == 5:
-        props, off = _decode_properties(mv, off, end, ctx)
+        props, off = decode_properties(mv, off, end, ctx)
     subscriptions: list[tuple[str, SubscriptionOptions]] = []
     while off < end:
         topic_filter, off = _read_str(mv, off, end, ctx, "topic filter")
@@ -605,7 +605,7 @@ def _decode_unsubscribe(level: int, b0: int, mv: memoryview, off: int, end: int)
     off += 2
     props: Properties = {}
     if level == 5:
-        props, off = _decode_properties(mv, off, end, ctx)
+        props, off = decode_properties(mv, off, end, ctx)
     topic_filters: list[str] = []
     while off < end:
         topic_filter, off = _read_str(mv, off, end, ctx, "topic filter")
@@ -632,7 +632,7 @@ def _decode_suback(level: int, b0: int, mv: memoryview, off: int, end: int) -> S
     off += 2
     if level < 5:
         return Suback(packet_id, _read_codes(mv, off, end, _SUBACK_CODES_V3, ctx))
-    props, off = _decode_properties(mv, off, end, ctx)
+    props, off = decode_properties(mv, off, end, ctx)
     return Suback(packet_id, _read_codes(mv, off, end, _SUBACK_CODES, ctx), props)
 
 
@@ -644,7 +644,7 @@ def _decode_unsuback(level: int, b0: int, mv: memoryview, off: int, end: int) ->
         if off != end:
             raise _trailing(ctx)
         return Unsuback(packet_id)
-    props, off = _decode_properties(mv, off, end, ctx)
+    props, off = decode_properties(mv, off, end, ctx)
     return Unsuback(packet_id, _read_codes(mv, off, end, _UNSUBACK_CODES, ctx), props)
 
 
@@ -672,7 +672,7 @@ def _reason_decoder(cls: type[Disconnect | Auth], codes: frozenset[int]) -> _Han
         _check_code(code, codes, ctx)
         props: Properties = {}
         if off + 1 < end:  # spec 3.14.2.2.1 and 3.15.2.2.1
-            props, off = _decode_properties(mv, off + 1, end, ctx)
+            props, off = decode_properties(mv, off + 1, end, ctx)
             if off != end:
                 raise _trailing(ctx)
         return cls(code, props)

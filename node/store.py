@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .codec import MQTTProtocolError, _decode_properties
+from .codec import MQTTProtocolError, decode_properties
 from .message import Message
 from .packets import Properties, Will
 from .properties import encode_properties
@@ -343,7 +343,7 @@ def _monotonic_deadline(wall_deadline: float | None) -> float | None:
 def _decode_props(blob: bytes, context: str, where: str) -> Properties:
     try:
         with memoryview(blob) as mv:
-            props, _ = _decode_properties(mv, 0, len(blob), context)
+            props, _ = decode_properties(mv, 0, len(blob), context)
     except MQTTProtocolError as exc:
         raise StoreError(f"{where}: stored properties are corrupt: {exc}") from None
     return props
