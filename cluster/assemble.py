@@ -19,6 +19,7 @@ from raftmq.node.config import Config
 from raftmq.node.hooks import NodeEvents
 from raftmq.node.message import Message
 
+from .admin import AdminService
 from .forwarding import Forwarder, ForwardingSettings
 from .frames import Handover, SharedGroup
 from .raft import RaftNode, RaftOptions
@@ -28,10 +29,12 @@ log = logging.getLogger("raftmq.cluster")
 
 
 class PeerEvents:
-    """``ForwardingHandlers`` that pass what peers send on to this node's broker."""
+    """``ForwardingHandlers`` that pass what peers send on to this node's broker
+    (publishes, kicks) and cluster (session hand-overs)."""
 
     def __init__(self) -> None:
         self.node: NodeEvents | None = None
+        self.cluster: RaftCluster | None = None
 
     def on_publish(
         self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
@@ -44,13 +47,8 @@ class PeerEvents:
             self.node.kick_client(client_id, epoch)
 
     def on_handover(self, origin: str, handover: Handover) -> None:
-        # No node sends hand-overs yet (issue 5: session hand-over is not wired), so
-        # one arriving means a peer runs other code: say so rather than drop it silently.
-        log.error(
-            "node %s sent a session hand-over for client %r, which this node cannot take",
-            origin,
-            handover.client_id,
-        )
+        if self.cluster is not None:
+            self.cluster.receive_handover(origin, handover)
 
 
 class NodeCluster(RaftCluster):
@@ -69,10 +67,13 @@ class NodeCluster(RaftCluster):
         self.forwarder = forwarder
         self._events = events
         self._peer_grpc = peer_grpc
+        if forwarder.secret is not None:  # admin callers prove they know it
+            forwarder.add_service(AdminService(self, forwarder, forwarder.secret).handler())
 
     def attach(self, node: NodeEvents) -> None:
         super().attach(node)
         self._events.node = node
+        self._events.cluster = self
 
     async def start(self) -> None:
         await self.forwarder.start()
@@ -96,13 +97,22 @@ def build_cluster(
     secret = config.cluster_secret
     if secret is None or config.raft_listen is None or config.grpc_listen is None:
         raise ValueError("build_cluster needs cluster_secret, raft_listen and grpc_listen")
+    tls = None
+    if config.cluster_tls_ca and config.cluster_tls_cert and config.cluster_tls_key:
+        # Checked before Raft starts anything. Imported here: only nodes with node TLS
+        # load cryptography.
+        from .certgen import load_node_tls
+        from .rpc import NodeTLS
+
+        files = (config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key)
+        tls = NodeTLS(*load_node_tls(config.node_id, *files))
     raft_peers = {peer.node_id: peer.raft for peer in config.peers}
     raft = RaftNode(
         config.node_id, config.raft_listen, raft_peers, config.data_dir, secret, raft_options
     )
     events = PeerEvents()
     forwarder = Forwarder(
-        config.node_id, config.grpc_listen, events, secret=secret, settings=forwarding
+        config.node_id, config.grpc_listen, events, tls=tls, secret=secret, settings=forwarding
     )
     members = [config.node_id, *raft_peers]
     peer_grpc = {peer.node_id: peer.grpc for peer in config.peers}

@@ -1,4 +1,5 @@
-"""Certificates for development and tests: a private CA and the leaf certificates it signs.
+"""Certificates: a private CA and the leaf certificates it signs, for development,
+tests and cluster nodes; and the check of a node's configured certificate files.
 
 Kept apart from the ``raftmq certs`` command so that the ``cryptography``
 import (over 100 ms) is paid only when certificates are really made, not by
@@ -11,30 +12,49 @@ readable by others, even briefly) and are never printed.
 The building blocks (``make_ca``, ``make_certificate``, ``write_key``...) are
 also what the tests use to make their own odd certificates: expired ones, ones
 from another CA, ones naming a given user.
+
+Node certificates (``raftmq certs node``, ``raftmq cluster up``) authenticate
+both ends of the forwarding streams between nodes, so each names its node id
+(CN and DNS SAN, which ``rpc.check_identity`` and gRPC's target name check
+look at) and carries both server and client authentication.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from raftmq.node.config import NODE_ID_ALLOWED, NODE_ID_PATTERN, ConfigError
+
+log = logging.getLogger("raftmq.cluster")
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest validity Apple's TLS stack accepts for server certificates
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
-FILES = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key")
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+FILES = (CA_CERT, CA_KEY, "server.crt", "server.key", "client.crt", "client.key")
+RESERVED_NODE_IDS = ("ca",)
+"""Node ids whose ``<id>.crt``/``<id>.key`` would be the CA's own files."""
+IF_EXISTS = ("refuse", "replace", "keep")
 
-PrivateKey = ec.EllipticCurvePrivateKey
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+"""What can sign here: the keys made here are EC; a CA brought by the user may be RSA."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +115,9 @@ def make_ca(common_name: str = "raftmq development CA", days: int = CA_DAYS) -> 
     return Issued(key, cert)
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def _general_name(name: str | x509.GeneralName) -> x509.GeneralName:
+    if isinstance(name, x509.GeneralName):
+        return name
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -106,7 +128,7 @@ def make_certificate(
     ca: Issued,
     common_name: str,
     *,
-    server_names: Sequence[str] = (),
+    server_names: Sequence[str | x509.GeneralName] = (),
     client: bool = False,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
@@ -115,7 +137,8 @@ def make_certificate(
     """A leaf certificate signed by ``ca``.
 
     With ``server_names`` it is a server certificate for those DNS names and
-    IP addresses (subject alternative names); with ``client`` a client one.
+    IP addresses (subject alternative names; a string that parses as an IP
+    address is one); with ``client`` a client one.
     ``not_before``/``not_after`` override the validity, e.g. to make an expired
     certificate for a test.
     """
@@ -160,7 +183,7 @@ def make_certificate(
         )
     )
     if server_names:
-        names = [_general_name(name) for name in dict.fromkeys(server_names)]
+        names = list(dict.fromkeys(_general_name(name) for name in server_names))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return Issued(key, builder.sign(ca.key, hashes.SHA256()))
 
@@ -231,3 +254,219 @@ def init(
     write_issued(directory, "server", server)
     write_issued(directory, "client", client)
     return paths
+
+
+# -- node certificates ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFiles:
+    """The files a node's ``cluster_tls_ca``, ``cluster_tls_cert`` and ``cluster_tls_key`` name."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def node_files(directory: Path, node_id: str) -> NodeFiles:
+    """Where ``issue_node_files`` keeps ``node_id``'s files: ``<id>.crt``, ``<id>.key``."""
+    cert, key = (directory / f"{node_id}{suffix}" for suffix in (".crt", ".key"))
+    return NodeFiles(directory / CA_CERT, cert, key)
+
+
+def check_node_id(node_id: str) -> str:
+    """``node_id`` if a node may have it and its files leave the CA's alone; else ValueError."""
+    if not re.fullmatch(NODE_ID_PATTERN, node_id):
+        raise ValueError(f"invalid node id {node_id!r}: must be {NODE_ID_ALLOWED}")
+    if node_id in RESERVED_NODE_IDS:
+        raise ValueError(
+            f"node id {node_id!r} cannot get a certificate: {node_id}.crt and {node_id}.key "
+            "are the CA's files"
+        )
+    return node_id
+
+
+def make_node_certificate(ca: Issued, node_id: str, names: Sequence[str] = ()) -> Issued:
+    """A certificate for node ``node_id``: CN and DNS SAN the node id, then ``names``.
+
+    Server authentication for the streams the node accepts, client
+    authentication for those it dials. The node id is a DNS SAN even when it
+    looks like an IP address: gRPC compares the name it expects with every SAN
+    as text, and ``check_identity`` reads the DNS SANs.
+    """
+    check_node_id(node_id)
+    return make_certificate(ca, node_id, server_names=[x509.DNSName(node_id), *names], client=True)
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+
+
+def _parse_key(data: bytes, where: object) -> PrivateKey:
+    """The unencrypted EC or RSA private key in ``data``; ValueError naming ``where``."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ValueError(f"{where}: the key is encrypted; an unencrypted key is needed") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{where}: not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"{where}: a {type(key).__name__} cannot sign here; use EC or RSA")
+    return key
+
+
+def _parse_certificates(data: bytes, where: object) -> list[x509.Certificate]:
+    """Every PEM certificate in ``data`` (at least one); ValueError naming ``where``."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{where}: no PEM certificate in it") from None
+
+
+def load_ca(directory: Path) -> Issued:
+    """The CA in ``directory`` (``ca.crt``, ``ca.key``); OSError or ValueError naming the file."""
+    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+    cert = _parse_certificates(cert_path.read_bytes(), cert_path)[0]
+    key = _parse_key(key_path.read_bytes(), key_path)
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError(f"{cert_path}: not a CA certificate")
+    if not _same_public_key(key, cert):
+        raise ValueError(f"{key_path} is not the key of {cert_path}")
+    return Issued(key, cert)
+
+
+def issue_node_files(
+    directory: Path,
+    node_ids: Sequence[str],
+    names: Sequence[str] = (),
+    *,
+    if_exists: str = "refuse",
+) -> list[Path]:
+    """Certificates for ``node_ids`` in ``directory``, signed by its CA; the paths written.
+
+    The CA is ``ca.crt``/``ca.key`` as ``init`` writes them; when neither
+    exists it is made first, so one command equips a new cluster. Every
+    certificate also gets ``names`` as SANs. When a node's files exist,
+    ``if_exists`` says what happens: "refuse" raises FileExistsError before
+    anything is written (a running node may use them), "replace" makes new
+    ones, and "keep" leaves them if the certificate was signed by this CA and
+    the key is there (else makes new ones): how ``raftmq cluster up`` reuses
+    what an earlier run made.
+    """
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
+    ids = list(dict.fromkeys(check_node_id(node_id) for node_id in node_ids))
+    if not ids:
+        raise ValueError("no node id given")
+    wanted = {node_id: node_files(directory, node_id) for node_id in ids}
+    if if_exists == "refuse":
+        existing = [str(p) for f in wanted.values() for p in (f.cert, f.key) if p.exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} already exist (use --force to replace)")
+    ca_paths = [directory / CA_CERT, directory / CA_KEY]
+    written: list[Path] = []
+    if any(p.exists() for p in ca_paths):
+        ca = load_ca(directory)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = make_ca("raftmq cluster CA")
+        write_issued(directory, "ca", ca)
+        written += ca_paths
+    for node_id, files in wanted.items():
+        if if_exists == "keep" and _still_valid(files, ca):
+            continue
+        node = make_node_certificate(ca, node_id, names)
+        write_cert(files.cert, node.cert)
+        write_key(files.key, node.key)
+        written += [files.cert, files.key]
+    return written
+
+
+def _still_valid(files: NodeFiles, ca: Issued) -> bool:
+    if not (files.cert.exists() and files.key.exists()):
+        return False
+    try:
+        cert = _parse_certificates(files.cert.read_bytes(), files.cert)[0]
+    except (OSError, ValueError):
+        return False
+    return _issued_by(cert, ca.cert)
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The names a peer's ``check_identity`` accepts the certificate for: CN and DNS SANs."""
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        names += san.get_values_for_type(x509.DNSName)
+    return list(dict.fromkeys(names))
+
+
+@contextmanager
+def _blaming(config_key: str) -> Iterator[None]:
+    """Turn the ValueError of a file's contents into a ConfigError naming the config key."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(f"key {config_key!r}: {exc}") from None
+
+
+def load_node_tls(node_id: str, ca: str, cert: str, key: str) -> tuple[bytes, bytes, bytes]:
+    """The bytes of ``cluster_tls_ca``, ``cluster_tls_cert`` and ``cluster_tls_key``, checked.
+
+    gRPC would take unreadable or mismatched files without a word and fail
+    every handshake, so they are checked here, at startup: ConfigError names
+    the key and the file. A certificate that does not name ``node_id`` or that
+    ``ca`` did not sign only gets a warning: the node runs and its peers
+    refuse its streams, exactly as they refuse a node that never ran this
+    check; the warning tells the operator why before they look at the peers.
+    """
+    paths = {"cluster_tls_ca": ca, "cluster_tls_cert": cert, "cluster_tls_key": key}
+    data: dict[str, bytes] = {}
+    for config_key, path in paths.items():
+        try:
+            data[config_key] = Path(path).read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"key {config_key!r}: cannot read {path!r}: {reason}") from None
+    with _blaming("cluster_tls_ca"):
+        cas = _parse_certificates(data["cluster_tls_ca"], repr(ca))
+    with _blaming("cluster_tls_cert"):
+        leaf = _parse_certificates(data["cluster_tls_cert"], repr(cert))[0]
+    with _blaming("cluster_tls_key"):
+        private = _parse_key(data["cluster_tls_key"], repr(key))
+    if not _same_public_key(private, leaf):
+        raise ConfigError(
+            f"key 'cluster_tls_key': {key!r} is not the key of the certificate in {cert!r}"
+        )
+    names = certificate_names(leaf)
+    if node_id not in names:
+        log.warning(
+            "cluster_tls_cert %r names %s, not this node %r: peers will refuse its streams",
+            cert,
+            names,
+            node_id,
+        )
+    if not any(_issued_by(leaf, authority) for authority in cas):
+        log.warning(
+            "cluster_tls_cert %r is not signed by cluster_tls_ca %r: peers that trust that CA "
+            "will refuse its streams",
+            cert,
+            ca,
+        )
+    return data["cluster_tls_ca"], data["cluster_tls_cert"], data["cluster_tls_key"]

@@ -49,6 +49,9 @@ NODE_FLAGS = {
     "raft_listen": "HOST:PORT",
     "grpc_listen": "HOST:PORT",
     "peers": "ID=RAFT,GRPC",
+    "cluster_tls_ca": "FILE",
+    "cluster_tls_cert": "FILE",
+    "cluster_tls_key": "FILE",
 }
 REPEATED_FLAGS = {"listen": "--listen", "peers": "--peer"}
 """Keys whose flag is given once per list item, replacing the file's list."""

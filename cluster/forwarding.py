@@ -519,16 +519,23 @@ class Forwarder:
         self.port: int | None = None
         self._links: dict[str, PeerLink] = {}
         self._server: aio.Server | None = None
+        self._services: list[grpc.GenericRpcHandler] = []
         self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------
+
+    def add_service(self, handler: grpc.GenericRpcHandler) -> None:
+        """Serve another gRPC service (the node's admin service) on this port; before start()."""
+        if self._server is not None:
+            raise RuntimeError(f"node {self.node_id!r}: add_service after the server started")
+        self._services.append(handler)
 
     async def start(self) -> None:
         """Listen for peers; ``self.port`` is the bound port (useful with port 0)."""
         server = aio.server(options=common_options(self.settings.keepalive))
         handler = grpc.stream_stream_rpc_method_handler(self._serve)
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}), *self._services)
         )
         if self.tls is not None:
             port = server.add_secure_port(self.listen, self.tls.server_credentials())

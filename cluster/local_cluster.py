@@ -5,7 +5,9 @@ Node ``i`` (from 0) of ``--nodes N`` gets three consecutive ports from
 on ``P+3i+2``. Each node has its own directory ``D/n<i+1>`` holding its config
 file (with the cluster secret, kept out of ``ps``), its data and its log
 (``node.log``). The secret is made once and kept in ``D/cluster.secret``, so a
-cluster brought up again on the same ``D`` finds its Raft log readable.
+cluster brought up again on the same ``D`` finds its Raft log readable. So are
+a CA and a certificate per node in ``D/certs`` (``raftmq certs node``), with
+which the nodes' forwarding streams use mutual TLS.
 
 Once every node listens, the MQTT addresses are printed, one line per node.
 Ctrl-C or SIGTERM stops every node gracefully (SIGTERM, then SIGKILL after
@@ -24,13 +26,18 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
+
+if TYPE_CHECKING:
+    from raftmq.cluster.certgen import NodeFiles
 
 PORTS_PER_NODE = 3
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 SECRET_FILE = "cluster.secret"
+CERTS_DIR = "certs"
 LISTENING = "listening on "
 NODE_COMMAND = (
     sys.executable,
@@ -91,7 +98,21 @@ def cluster_secret(directory: Path) -> str:
     return secret
 
 
-def node_config(plan: NodePlan, plans: list[NodePlan], secret: str) -> str:
+def cluster_certs(directory: Path, plans: list[NodePlan]) -> dict[str, NodeFiles]:
+    """Each node's TLS files in ``directory``: a CA and node certificates, made on
+    first use; later runs keep those still signed by the CA and add what is missing."""
+    # Imported here: only `cluster up` pays for loading cryptography.
+    from raftmq.cluster.certgen import issue_node_files, node_files
+
+    ids = [plan.node_id for plan in plans]
+    try:
+        issue_node_files(directory, ids, if_exists="keep")
+    except (OSError, ValueError) as exc:
+        raise LocalClusterError(f"cannot make node certificates in {directory}: {exc}") from None
+    return {node_id: node_files(directory, node_id) for node_id in ids}
+
+
+def node_config(plan: NodePlan, plans: list[NodePlan], secret: str, tls: NodeFiles) -> str:
     peers = [f"{p.node_id}={p.raft_address},{p.grpc_address}" for p in plans if p is not plan]
     lines = [
         f"node_id = {_toml_string(plan.node_id)}",
@@ -101,6 +122,9 @@ def node_config(plan: NodePlan, plans: list[NodePlan], secret: str) -> str:
         f"raft_listen = {_toml_string(plan.raft_address)}",
         f"grpc_listen = {_toml_string(plan.grpc_address)}",
         "peers = [" + ", ".join(_toml_string(peer) for peer in peers) + "]",
+        f"cluster_tls_ca = {_toml_string(str(tls.ca))}",
+        f"cluster_tls_cert = {_toml_string(str(tls.cert))}",
+        f"cluster_tls_key = {_toml_string(str(tls.key))}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -112,18 +136,20 @@ def _toml_string(text: str) -> str:
 class LocalNodes:
     """The node processes of one ``cluster up``."""
 
-    def __init__(self, plans: list[NodePlan], secret: str) -> None:
+    def __init__(self, plans: list[NodePlan], secret: str, certs: Path) -> None:
         self.plans = plans
         self.secret = secret
+        self.certs = certs
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.addresses: dict[str, str] = {}
 
     async def start(self) -> None:
+        tls = cluster_certs(self.certs, self.plans)
         for plan in self.plans:
             plan.directory.mkdir(parents=True, exist_ok=True)
             config = plan.directory / "raftmq.toml"
             config.touch(mode=0o600)
-            config.write_text(node_config(plan, self.plans, self.secret))
+            config.write_text(node_config(plan, self.plans, self.secret, tls[plan.node_id]))
             with open(plan.directory / "node.log", "ab") as log:
                 self.procs[plan.node_id] = await asyncio.create_subprocess_exec(
                     *NODE_COMMAND,
@@ -180,7 +206,7 @@ class LocalNodes:
 async def run_cluster(count: int, base_port: int, directory: Path) -> int:
     plans = plan_nodes(count, base_port, directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cluster = LocalNodes(plans, cluster_secret(directory))
+    cluster = LocalNodes(plans, cluster_secret(directory), directory / CERTS_DIR)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -229,6 +255,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--dir", type=Path, required=True, metavar="D", help="directory for the nodes' files"
     )
     up.set_defaults(handler=_run_up)
+    from .admin_cli import add_commands as add_admin_commands  # status, node-down
+
+    add_admin_commands(commands)
 
 
 def _run_up(args: argparse.Namespace) -> int:

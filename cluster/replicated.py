@@ -24,12 +24,15 @@ import logging
 import time
 from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
-from raftmq.node.hooks import Claim, ClusterUnavailable, NodeEvents
+from raftmq.node.hooks import Claim, ClusterUnavailable, NodeEvents, SessionTransfer
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
+from raftmq.node.session import Subscription
+from raftmq.node.topics import parse_shared
 
+from .frames import Handover
 from .raft import Applied, RaftNode, RaftStatus
 from .state import (
     ROUTE_COMMANDS,
@@ -38,11 +41,9 @@ from .state import (
     ClaimClient,
     ClaimResult,
     ClusterState,
-    DropSession,
     NodeDown,
     NodeDownResult,
     NodeUp,
-    PutSession,
     RegisterWill,
     ReleaseClient,
     RemoveRoute,
@@ -59,6 +60,8 @@ log = logging.getLogger("raftmq.cluster")
 
 DEFAULT_PLAN_CACHE_SIZE = 65_536
 ANNOUNCE_RETRY = 1.0
+HANDOVER_TIMEOUT = 3.0
+"""How long a CONNECT that resumes a session from another node waits for its messages."""
 
 
 SharedGroup = tuple[str, str]
@@ -81,13 +84,8 @@ class Forwarder(Protocol):
         group gets a message once cluster-wide.
         """
 
-
-@runtime_checkable
-class AdoptsSessions(Protocol):
-    """What a node implements to take over persistent sessions of a dead node."""
-
-    def adopt_session(self, client_id: str, epoch: int, session: SessionRecord) -> None:
-        """Hold ``session`` (subscribe its filters, queue for it) until its client returns."""
+    def hand_over(self, node_id: str, handover: Handover) -> Awaitable[None]:
+        """Move a session's messages to ``node_id``; done when it has taken them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +137,9 @@ class RaftCluster:
         self._plan_cache_size = plan_cache_size
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.handover_timeout = HANDOVER_TIMEOUT
+        self._handovers: dict[tuple[str, int], asyncio.Future[Handover]] = {}
+        """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -186,13 +187,28 @@ class RaftCluster:
 
     # -- ClusterHooks ----------------------------------------------------------
 
-    async def claim_client(self, client_id: str) -> Claim:
-        result = await self.claim(client_id)
+    async def claim_client(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> Claim:
+        result = await self.claim(client_id, clean_start, expiry_interval, will)
         return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
 
-    async def claim(self, client_id: str) -> ClaimResult:
+    async def claim(
+        self,
+        client_id: str,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> ClaimResult:
         """Claim ``client_id`` for this node; the result carries its persistent session."""
-        result = await self.raft.submit(ClaimClient(client_id, self.node_id))
+        record = None if will is None else will_record(will)
+        command = ClaimClient(client_id, self.node_id, clean_start, expiry_interval, record)
+        result = await self.raft.submit(command)
         assert isinstance(result, ClaimResult)
         owner = self.state.owners.get(client_id)
         if owner is None or owner.epoch != result.epoch:
@@ -202,6 +218,85 @@ class RaftCluster:
             raise ClusterUnavailable(f"client {client_id!r} was claimed by {holder} meanwhile")
         self._claims[client_id] = result.epoch
         return result
+
+    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+        record = claim.session
+        if not isinstance(record, SessionRecord):
+            return None
+        transfer = SessionTransfer(
+            record.expiry_interval, dict(subscription_from(s) for s in record.subscriptions)
+        )
+        previous = claim.previous_owner
+        if previous is None or previous == self.node_id:
+            return transfer
+        handover = await self._handover_from(previous, client_id, claim.epoch)
+        if handover is not None:
+            transfer.queued = handover.queued
+            transfer.outgoing = handover.outgoing
+            transfer.incoming_qos2 = handover.incoming_qos2
+        return transfer
+
+    async def _handover_from(self, node_id: str, client_id: str, epoch: int) -> Handover | None:
+        """The hand-over ``node_id`` sends once it applies our claim; None if it never comes
+        (that node is down: the session resumes with its subscriptions only)."""
+        key = (client_id, epoch)
+        future = self._handovers.get(key)
+        if future is None:
+            future = self._handovers[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.handover_timeout)
+        except TimeoutError:
+            log.warning(
+                "client %r resumes without the messages node %s held for it: "
+                "no hand-over within %.1f s",
+                client_id,
+                node_id,
+                self.handover_timeout,
+            )
+            return None
+        finally:
+            self._handovers.pop(key, None)
+
+    def receive_handover(self, origin: str, handover: Handover) -> None:
+        """A peer gave up a session we claimed: pass its messages to the CONNECT resuming it.
+
+        It may arrive before that CONNECT waits for it (the peer applied the
+        claim first); it is kept for a while, then dropped with a warning.
+        """
+        key = (handover.client_id, handover.epoch)
+        future = self._handovers.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._handovers[key] = loop.create_future()
+            loop.call_later(2 * self.handover_timeout, self._drop_untaken, key, origin)
+        if not future.done():
+            future.set_result(handover)
+
+    def _drop_untaken(self, key: tuple[str, int], origin: str) -> None:
+        future = self._handovers.get(key)
+        if future is None or not future.done():
+            return
+        del self._handovers[key]
+        handover = future.result()
+        log.warning(
+            "node %s handed over client %r (epoch %d) and no CONNECT took it: %d messages dropped",
+            origin,
+            handover.client_id,
+            handover.epoch,
+            len(handover.queued) + len(handover.outgoing),
+        )
+
+    async def save_subscriptions(
+        self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]
+    ) -> None:
+        stored = tuple(stored_subscription(f, sub) for f, sub in subscriptions.items())
+        await self.raft.submit(AddSessionSubscriptions(client_id, self.node_id, epoch, stored))
+
+    async def forget_subscriptions(
+        self, client_id: str, epoch: int, topic_filters: Sequence[str]
+    ) -> None:
+        command = RemoveSessionSubscriptions(client_id, self.node_id, epoch, tuple(topic_filters))
+        await self.raft.submit(command)
 
     async def release_client(self, client_id: str, epoch: int) -> None:
         await self.raft.submit(ReleaseClient(client_id, self.node_id, epoch))
@@ -236,29 +331,6 @@ class RaftCluster:
             return self._forwarder.send(plan.targets, message)
         targets, shared_groups = self._pick(plan)
         return self._forwarder.send(targets, message, shared_groups)
-
-    # -- persistent sessions (beyond today's ClusterHooks; see the report) ----------
-
-    async def save_session(self, client_id: str, epoch: int, session: SessionRecord) -> bool:
-        """Create or replace the replicated record of a persistent session we own."""
-        result = await self.raft.submit(PutSession(client_id, self.node_id, epoch, session))
-        return bool(result)
-
-    async def drop_session(self, client_id: str, epoch: int) -> bool:
-        result = await self.raft.submit(DropSession(client_id, self.node_id, epoch))
-        return bool(result)
-
-    async def add_session_subscriptions(
-        self, client_id: str, epoch: int, subscriptions: Sequence[StoredSubscription]
-    ) -> bool:
-        command = AddSessionSubscriptions(client_id, self.node_id, epoch, tuple(subscriptions))
-        return bool(await self.raft.submit(command))
-
-    async def remove_session_subscriptions(
-        self, client_id: str, epoch: int, topic_filters: Sequence[str]
-    ) -> bool:
-        command = RemoveSessionSubscriptions(client_id, self.node_id, epoch, tuple(topic_filters))
-        return bool(await self.raft.submit(command))
 
     # -- administration --------------------------------------------------------------
 
@@ -337,12 +409,29 @@ class RaftCluster:
         client_id = command.client_id
         if command.node_id != self.node_id:
             self._claims.pop(client_id, None)
-            if self._node is not None:
-                self._node.kick_client(client_id, result.epoch)
+            self._surrender(command, result)
         elif applied.orphaned:
             # Our CONNECT gave up on this claim (timeout) but it committed anyway:
             # give the client id back rather than own a client nobody serves.
             self._background(self.raft.submit(ReleaseClient(client_id, self.node_id, result.epoch)))
+
+    def _surrender(self, command: ClaimClient, result: ClaimResult) -> None:
+        """Another node claimed a client: our connection of it goes, and when we held its
+        session and the new connection resumes it, its messages go to the claimer."""
+        node = self._node
+        if node is None:
+            return
+        ours = result.previous_owner == self.node_id
+        resumed = ours and result.session is not None
+        transfer = node.surrender_session(command.client_id, result.epoch, resumed)
+        if not resumed:
+            return
+        handover = Handover(command.client_id, result.epoch)
+        if transfer is not None:
+            handover.queued = transfer.queued
+            handover.outgoing = transfer.outgoing
+            handover.incoming_qos2 = transfer.incoming_qos2
+        self._background(_wait(self._forwarder.hand_over(command.node_id, handover)))
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
         node = self._node
@@ -365,11 +454,14 @@ class RaftCluster:
             for client_id in (*result.released, *(cid for cid, _ in result.rehomed)):
                 self._claims.pop(client_id, None)
                 node.kick_client(client_id, result.fence_epoch)
-        if isinstance(node, AdoptsSessions):
+        if node is not None:
             for client_id, owner in result.rehomed:
-                session = self.state.sessions.get(client_id)
-                if owner.node_id == self.node_id and session is not None:
-                    node.adopt_session(client_id, owner.epoch, session)
+                record = self.state.sessions.get(client_id)
+                if owner.node_id == self.node_id and record is not None:
+                    self._claims[client_id] = owner.epoch
+                    subscriptions = dict(subscription_from(s) for s in record.subscriptions)
+                    transfer = SessionTransfer(record.expiry_interval, subscriptions)
+                    node.adopt_session(client_id, owner.epoch, transfer)
         if applied.mine:
             for _, will in result.wills:
                 self._publish_will(will)
@@ -429,3 +521,31 @@ def retained_message(topic: str, record: RetainedRecord) -> Message | None:
 
 def will_record(will: Will) -> WillRecord:
     return WillRecord(will.topic, will.payload, will.qos, will.retain, dict(will.properties))
+
+
+def stored_subscription(full_filter: str, sub: Subscription) -> StoredSubscription:
+    """The replicated form of a session's subscription (``full_filter`` keeps ``$share/...``)."""
+    return StoredSubscription(
+        full_filter,
+        sub.qos,
+        sub.no_local,
+        sub.retain_as_published,
+        sub.retain_handling,
+        sub.identifier,
+    )
+
+
+def subscription_from(stored: StoredSubscription) -> tuple[str, Subscription]:
+    """(full filter, the node's subscription) of a replicated one."""
+    shared = parse_shared(stored.topic_filter)
+    group, topic_filter = shared if shared is not None else (None, stored.topic_filter)
+    sub = Subscription(
+        topic_filter,
+        stored.qos,
+        stored.no_local,
+        stored.retain_as_published,
+        stored.retain_handling,
+        stored.identifier,
+        group,
+    )
+    return stored.topic_filter, sub

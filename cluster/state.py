@@ -119,29 +119,22 @@ class NodeUp(_Compact):
 
 @dataclass(frozen=True, slots=True)
 class ClaimClient(_Compact):
+    """A CONNECT on ``node_id``: the client id, its persistent session and its will move there.
+
+    One command carries all three so that a CONNECT costs one commit: a clean
+    start ends any previous session, a session expiry interval above zero
+    keeps (or starts) one, and the will replaces the previous connection's.
+    """
+
     client_id: str
     node_id: str
+    clean_start: bool = True
+    expiry_interval: int = 0
+    will: WillRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseClient(_Compact):
-    client_id: str
-    node_id: str
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class PutSession(_Compact):
-    """Create or replace the persistent session of a client its writer owns."""
-
-    client_id: str
-    node_id: str
-    epoch: int
-    session: SessionRecord
-
-
-@dataclass(frozen=True, slots=True)
-class DropSession(_Compact):
     client_id: str
     node_id: str
     epoch: int
@@ -205,8 +198,6 @@ Command = (
     | NodeUp
     | ClaimClient
     | ReleaseClient
-    | PutSession
-    | DropSession
     | AddSessionSubscriptions
     | RemoveSessionSubscriptions
     | RegisterWill
@@ -228,7 +219,8 @@ class ClaimResult:
     previous_owner: str | None
     previous_epoch: int | None
     session: SessionRecord | None
-    """The persistent session the client left, wherever it was, or None."""
+    """The persistent session the client resumes (as it was before this claim), or None:
+    none existed, or the claim was a clean start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +261,6 @@ class ClusterState:
             NodeUp: self._node_up,
             ClaimClient: self._claim,
             ReleaseClient: self._release,
-            PutSession: self._put_session,
-            DropSession: self._drop_session,
             AddSessionSubscriptions: self._add_session_subscriptions,
             RemoveSessionSubscriptions: self._remove_session_subscriptions,
             RegisterWill: self._register_will,
@@ -314,37 +304,38 @@ class ClusterState:
         self.down &= set(self.members)
 
     def _claim(self, cmd: ClaimClient) -> ClaimResult:
+        client_id = cmd.client_id
         epoch = self.next_epoch
         self.next_epoch += 1
-        previous = self.owners.get(cmd.client_id)
-        self.owners[cmd.client_id] = Owner(cmd.node_id, epoch)
-        # The previous connection's will is its old node's business now; the new
-        # connection registers its own.
-        self.wills.pop(cmd.client_id, None)
+        previous = self.owners.get(client_id)
+        self.owners[client_id] = Owner(cmd.node_id, epoch)
+        # The previous connection's will is its old node's business now (it
+        # publishes it, or not, as the connection ends there).
+        if cmd.will is None:
+            self.wills.pop(client_id, None)
+        else:
+            self.wills[client_id] = cmd.will
+        session = None if cmd.clean_start else self.sessions.get(client_id)
+        if cmd.expiry_interval > 0:
+            subscriptions = () if session is None else session.subscriptions
+            self.sessions[client_id] = SessionRecord(cmd.expiry_interval, subscriptions)
+        else:
+            self.sessions.pop(client_id, None)
         return ClaimResult(
             epoch,
             None if previous is None else previous.node_id,
             None if previous is None else previous.epoch,
-            self.sessions.get(cmd.client_id),
+            session,
         )
 
     def _release(self, cmd: ReleaseClient) -> bool:
+        """The client's session ended on its owner: the id, the session and the will go."""
         if not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
             return False
         del self.owners[cmd.client_id]
         self.wills.pop(cmd.client_id, None)
+        self.sessions.pop(cmd.client_id, None)
         return True
-
-    def _put_session(self, cmd: PutSession) -> bool:
-        if not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
-            return False
-        self.sessions[cmd.client_id] = cmd.session
-        return True
-
-    def _drop_session(self, cmd: DropSession) -> bool:
-        if not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
-            return False
-        return self.sessions.pop(cmd.client_id, None) is not None
 
     def _add_session_subscriptions(self, cmd: AddSessionSubscriptions) -> bool:
         session = self.sessions.get(cmd.client_id)

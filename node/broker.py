@@ -21,7 +21,7 @@ from .acl import AccessControl
 from .auth import Authenticator
 from .config import TLS_SCHEMES, Config
 from .connection import CLOSED, CONNECTED, PACKET_ID_BYTES, Disconnected, MQTTConnection
-from .hooks import ClusterHooks, ClusterUnavailable, LocalCluster
+from .hooks import ClusterHooks, ClusterUnavailable, LocalCluster, SessionTransfer
 from .limits import retained_size
 from .listeners import open_listener
 from .message import Message
@@ -344,10 +344,24 @@ class Broker:
         ):
             conn.connack(ReasonCode.NOT_AUTHORIZED)
 
+        if level == 5:
+            expiry_interval = props.get("session_expiry_interval", 0)
+        else:
+            expiry_interval = 0 if packet.clean_start else NEVER_EXPIRES
         try:
-            claim = await self.hooks.claim_client(client_id)
-            if will is not None:
-                await self.hooks.register_will(client_id, will)
+            claim = await self.hooks.claim_client(
+                client_id,
+                clean_start=packet.clean_start,
+                expiry_interval=expiry_interval,
+                will=will,
+            )
+            transfer = None
+            if claim.session is not None and (
+                claim.previous_owner != cfg.node_id or client_id not in self.sessions
+            ):
+                transfer = await self.hooks.take_session(client_id, claim)
+                if transfer is not None and conn.state != CLOSED:
+                    await self._take_session(client_id, transfer)
         except ClusterUnavailable:
             conn.connack(ReasonCode.SERVER_UNAVAILABLE)
         if conn.state == CLOSED:
@@ -375,12 +389,11 @@ class Broker:
                 self._end_session(existing)
             session = self._new_session(client_id)
             self.sessions[client_id] = session
-        if level == 5:
-            session.expiry_interval = props.get("session_expiry_interval", 0)
-        else:
-            session.expiry_interval = 0 if packet.clean_start else NEVER_EXPIRES
+        session.expiry_interval = expiry_interval
         session.will = will
         self._bind_store(session)
+        if transfer is not None and session.store is not None:
+            self._journal_transferred(session)
 
         conn.client_id = client_id
         conn.session = session
@@ -418,6 +431,101 @@ class Broker:
         """A CONNECT that replaces a live connection leaves the connection count as it is."""
         session = self.sessions.get(client_id) if client_id else None
         return session is not None and session.connection is not None
+
+    # -- sessions moving between nodes --------------------------------------
+
+    async def _take_session(self, client_id: str, transfer: SessionTransfer) -> None:
+        """A session the client left on another node (or that this node lost) becomes ours:
+        its subscriptions routed here before CONNACK, its messages queued in order."""
+        stale = self.sessions.get(client_id)
+        if stale is not None:
+            self._end_session(stale)
+        session = self._session_from(client_id, transfer)
+        await asyncio.gather(
+            *(self._add_subscription(client_id, sub) for sub in session.subscriptions.values())
+        )
+
+    def _session_from(self, client_id: str, transfer: SessionTransfer) -> Session:
+        """A disconnected session holding ``transfer``, registered on this node."""
+        session = self._new_session(client_id)
+        session.expiry_interval = transfer.expiry_interval
+        session.subscriptions = dict(transfer.subscriptions)
+        session.incoming_qos2 = set(transfer.incoming_qos2)
+        for packet_id, entry in transfer.outgoing.items():
+            session.outgoing[packet_id] = entry
+            session.next_packet_id = packet_id % 0xFFFF + 1
+        for delivery in transfer.queued:
+            session.queue.append(delivery)
+            session.queued_bytes += len(delivery.message.payload)
+        self.sessions[client_id] = session
+        return session
+
+    def _journal_transferred(self, session: Session) -> None:
+        """Write a session that arrived from another node to this node's disk store,
+        in the order a restart reads it back: in flight first, then queued."""
+        store = session.store
+        assert store is not None
+        for full_filter, sub in session.subscriptions.items():
+            store.save_subscription(session, full_filter, sub)
+        for packet_id, entry in session.outgoing.items():
+            store.send_delivery(session, entry.delivery, packet_id)
+            if entry.released:
+                store.release_delivery(session, entry.delivery)
+        for delivery in session.queue:
+            if delivery.qos:
+                store.queue_delivery(session, delivery)
+        for packet_id in session.incoming_qos2:
+            store.add_incoming(session, packet_id)
+
+    def surrender_session(
+        self, client_id: str, epoch: int, resumed: bool
+    ) -> SessionTransfer | None:
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        conn = session.connection
+        if conn is not None:
+            if conn.epoch >= epoch:
+                return None  # a newer claim of this node's own: nothing to give up
+            conn.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            session = self.sessions.get(client_id)
+            if session is None:
+                return None  # it ended with its connection (session expiry 0)
+        if not resumed:
+            self._end_session(session)
+            return None
+        transfer = SessionTransfer(
+            session.expiry_interval,
+            dict(session.subscriptions),
+            list(session.queue),
+            dict(session.outgoing),
+            set(session.incoming_qos2),
+        )
+        # The client came back elsewhere before any will delay ran out: no will (MQTT 5
+        # §3.1.3.2.2), and no expiry here; its messages and subscriptions move with it.
+        session.will = None
+        self._end_session(session)
+        return transfer
+
+    def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
+        stale = self.sessions.get(client_id)
+        if stale is not None:
+            self._end_session(stale)
+        session = self._session_from(client_id, transfer)
+        self._bind_store(session)
+        if session.expiry_interval != NEVER_EXPIRES:
+            session.expiry_handle = asyncio.get_running_loop().call_later(
+                session.expiry_interval, self._end_session, session, epoch
+            )
+            session.expires_at = time.time() + session.expiry_interval
+        if session.store is not None:
+            self._journal_transferred(session)
+            session.store.save_session(session)
+        self._background(self._subscribe_adopted(session))
+
+    async def _subscribe_adopted(self, session: Session) -> None:
+        for sub in session.subscriptions.values():
+            await self._add_subscription(session.client_id, sub)
 
     # -- sessions and wills -------------------------------------------------
 
@@ -793,6 +901,10 @@ class Broker:
             )
             existed = full_filter in session.subscriptions
             try:
+                if session.persistent:  # so that it follows the client to any node
+                    await self.hooks.save_subscriptions(
+                        session.client_id, conn.epoch, {full_filter: sub}
+                    )
                 await self._add_subscription(session.client_id, sub)
             except ClusterUnavailable:
                 codes.append(ReasonCode.UNSPECIFIED_ERROR)
@@ -822,6 +934,7 @@ class Broker:
         session = conn.session
         assert session is not None
         codes: list[int] = []
+        removed: list[str] = []
         for full_filter in packet.topic_filters:
             sub = session.subscriptions.pop(full_filter, None)
             if sub is None:
@@ -830,7 +943,15 @@ class Broker:
             self._remove_subscription(session.client_id, sub)
             if session.store is not None:
                 session.store.delete_subscription(session, full_filter)
+            removed.append(full_filter)
             codes.append(ReasonCode.SUCCESS)
+        if removed and session.persistent:
+            try:
+                await self.hooks.forget_subscriptions(session.client_id, conn.epoch, removed)
+            except ClusterUnavailable:
+                # Unsubscribed here all the same; should the client resume on another
+                # node, these filters come back with its session (at least once, not lost).
+                log.warning("client %r: unsubscribe of %s not replicated", conn.client_id, removed)
         conn.send(Unsuback(packet.packet_id, codes))
 
     async def _add_subscription(self, client_id: str, sub: Subscription) -> None:

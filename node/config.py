@@ -74,6 +74,8 @@ NODE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 NODE_ID_ALLOWED = "1 to 64 letters, digits, '.', '_' or '-'"
 HOST_PORT_PATTERN = r"[A-Za-z0-9._-]+:[0-9]{1,5}"
 MIN_CLUSTER_SECRET = 16  # what raftmq.cluster.raft also demands; checked here to fail early
+CLUSTER_TLS_KEYS = ("cluster_tls_ca", "cluster_tls_cert", "cluster_tls_key")
+"""Mutual TLS between nodes: all three or none. The files are loaded when the cluster starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,28 @@ class Config:
         metadata=_rule(
             help="The other nodes of the cluster (static membership), each as "
             "NODE_ID=RAFT_HOST:PORT,GRPC_HOST:PORT; every node lists all the others.",
+        ),
+    )
+    cluster_tls_ca: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM CA certificate(s) that sign every node's certificate. With "
+            "cluster_tls_cert and cluster_tls_key (all three or none; needs cluster_secret) "
+            "forwarding streams between nodes use mutual TLS, and a peer is accepted only "
+            "with a certificate naming its node id. Made by `raftmq certs node`.",
+        ),
+    )
+    cluster_tls_cert: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM certificate of this node for mutual TLS between nodes: CN or DNS SAN "
+            "its node_id, signed by cluster_tls_ca.",
+        ),
+    )
+    cluster_tls_key: str | None = field(
+        default=None,
+        metadata=_rule(
+            help="PEM private key of cluster_tls_cert (unencrypted; keep it mode 0600).",
         ),
     )
     allow_anonymous: bool | None = field(
@@ -726,12 +750,17 @@ def _check_cluster_keys(config: Config, origin: str) -> None:
     """A node is either alone (no cluster keys) or fully described: half a cluster
     config would otherwise surface as a node that silently runs alone."""
     if config.cluster_secret is None:
-        given = [k for k in ("raft_listen", "grpc_listen") if getattr(config, k) is not None]
+        cluster_only = ("raft_listen", "grpc_listen", *CLUSTER_TLS_KEYS)
+        given = [k for k in cluster_only if getattr(config, k) is not None]
         if config.peers:
             given.append("peers")
         if given:
             raise ConfigError(f"{origin}: key {given[0]!r} needs 'cluster_secret'")
         return
+    tls_given = [k for k in CLUSTER_TLS_KEYS if getattr(config, k) is not None]
+    if tls_given and len(tls_given) < len(CLUSTER_TLS_KEYS):
+        missing = " and ".join(repr(k) for k in CLUSTER_TLS_KEYS if k not in tls_given)
+        raise ConfigError(f"{origin}: key {tls_given[0]!r} needs {missing} too")
     if len(config.cluster_secret) < MIN_CLUSTER_SECRET:
         raise ConfigError(
             f"{origin}: key 'cluster_secret' must be at least {MIN_CLUSTER_SECRET} characters, "

@@ -6,18 +6,23 @@ cluster of one, in process, without I/O. ``raftmq.cluster`` provides the
 replicated implementation; ``node/`` never imports it.
 
 The cluster talks back through ``NodeEvents``, which the broker implements:
-kick a client that connected elsewhere, deliver a publish forwarded by a peer,
-apply a retained message committed anywhere in the cluster.
+give up a client (and its session) that connected elsewhere, deliver a
+publish forwarded by a peer, apply a retained message committed anywhere in
+the cluster, adopt the persistent session of a dead node's client.
+
+A persistent session moves as a ``SessionTransfer``: its subscriptions come
+from the replicated state, its messages from the node that held it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .message import Message
 from .packets import Will
+from .session import Delivery, Outgoing, Subscription
 
 SharedGroup = tuple[str, str]
 """(share group name, topic filter) of a ``$share/group/filter`` subscription."""
@@ -43,11 +48,42 @@ class Claim:
     keeps one; opaque to the node (its shape belongs to the cluster implementation)."""
 
 
+@dataclass(slots=True)
+class SessionTransfer:
+    """A persistent session moving between nodes.
+
+    The subscriptions and expiry are the replicated part; the messages are
+    what its previous owner still held for the client (queued, in flight,
+    QoS 2 ids awaiting PUBREL) and handed over. A session whose previous
+    owner could not hand them over arrives with its subscriptions only.
+    """
+
+    expiry_interval: int
+    subscriptions: dict[str, Subscription]
+    """By full topic filter (``$share/group/...`` included)."""
+    queued: list[Delivery] = field(default_factory=list)
+    outgoing: dict[int, Outgoing] = field(default_factory=dict)
+    incoming_qos2: set[int] = field(default_factory=set)
+
+
 class NodeEvents(Protocol):
     """What the cluster asks of the node."""
 
     def kick_client(self, client_id: str, epoch: int) -> None:
         """Another node (or a newer epoch here) now owns ``client_id``."""
+
+    def surrender_session(
+        self, client_id: str, epoch: int, resumed: bool
+    ) -> SessionTransfer | None:
+        """Another node claimed ``client_id`` at ``epoch``: disconnect it here (0x8E).
+
+        ``resumed``: the new connection resumes the session. Then the session
+        leaves this node, and what it held is returned for the new owner;
+        otherwise it ends here as a clean start would end it.
+        """
+
+    def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
+        """Hold a persistent session whose node died (subscribe, queue) until its client returns."""
 
     def deliver_forwarded(
         self, message: Message, shared_groups: Collection[SharedGroup] | None = None
@@ -75,9 +111,39 @@ class ClusterHooks(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def claim_client(self, client_id: str) -> Claim: ...
+    async def claim_client(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> Claim:
+        """Own ``client_id`` here; its persistent session record and will change with it.
 
-    async def release_client(self, client_id: str, epoch: int) -> None: ...
+        A clean start ends the session the client had anywhere; an expiry
+        interval above zero keeps (or starts) a persistent one.
+        """
+
+    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+        """The session ``claim`` resumes, with what its previous owner held for the client.
+
+        None when there is none to resume. Waits (bounded) for the previous
+        owner's hand-over when that was another node.
+        """
+
+    async def release_client(self, client_id: str, epoch: int) -> None:
+        """The client's session ended here: the id, its session and its will are let go."""
+
+    async def save_subscriptions(
+        self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]
+    ) -> None:
+        """Add (or update) subscriptions of a persistent session, by full topic filter."""
+
+    async def forget_subscriptions(
+        self, client_id: str, epoch: int, topic_filters: Sequence[str]
+    ) -> None:
+        """Remove subscriptions of a persistent session."""
 
     async def add_route(self, topic_filter: str, share_group: str | None) -> None:
         """The first local subscriber of ``topic_filter`` (in ``share_group``) appeared here."""
@@ -119,12 +185,36 @@ class LocalCluster:
     async def stop(self) -> None:
         return None
 
-    async def claim_client(self, client_id: str) -> Claim:
+    async def claim_client(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> Claim:
         epoch = self._epochs.get(client_id, 0) + 1
         self._epochs[client_id] = epoch
         previous = self._owners.get(client_id)
         self._owners[client_id] = self.node_id
+        if will is None:
+            self.wills.pop(client_id, None)
+        else:
+            self.wills[client_id] = will
         return Claim(epoch, previous)
+
+    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+        return None  # the node's own sessions are all there is
+
+    async def save_subscriptions(
+        self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]
+    ) -> None:
+        return None
+
+    async def forget_subscriptions(
+        self, client_id: str, epoch: int, topic_filters: Sequence[str]
+    ) -> None:
+        return None
 
     async def release_client(self, client_id: str, epoch: int) -> None:
         if self._epochs.get(client_id) == epoch:

@@ -130,3 +130,41 @@ def test_first_tls_run_as_the_readme_shows(broker_factory: BrokerFactory, tmp_pa
     )
     assert received.returncode == 0, received.stderr
     assert received.stdout.strip() == "hello"
+
+
+def openssl_verify(directory: Path, cert: str, *options: str) -> subprocess.CompletedProcess[str]:
+    ca_file, cert_file = str(directory / "ca.crt"), str(directory / cert)
+    return subprocess.run(
+        ["openssl", "verify", *options, "-CAfile", ca_file, cert_file],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def test_node_certificates_from_the_ca_of_init_verify_for_both_purposes(tmp_path: Path) -> None:
+    """`raftmq certs node` signs with the CA `init` made; OpenSSL accepts each node
+    certificate as a server for its node id (and no other) and as a client."""
+    directory = tmp_path / "certs"
+    assert certs_init(directory).returncode == 0
+    ca = (directory / "ca.crt").read_bytes()
+    result = subprocess.run(
+        [RAFTMQ, "certs", "node", "--dir", str(directory), "n1", "n2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    assert (directory / "ca.crt").read_bytes() == ca
+    for node_id in ("n1", "n2"):
+        cert = f"{node_id}.crt"
+        assert (directory / f"{node_id}.key").stat().st_mode & 0o777 == 0o600
+        for options in (
+            ("-purpose", "sslserver", "-verify_hostname", node_id),
+            ("-purpose", "sslclient"),
+        ):
+            check = openssl_verify(directory, cert, *options)
+            assert check.returncode == 0, check.stdout + check.stderr
+    wrong = openssl_verify(directory, "n1.crt", "-purpose", "sslserver", "-verify_hostname", "n2")
+    assert wrong.returncode != 0, "n1's certificate passed as n2's"

@@ -1,20 +1,29 @@
 """Three real `raftmq node` processes on loopback, one cluster: clients on different
-nodes see one broker.
+nodes see one broker (see clusterkit.py for how the cluster is started).
 
-Raft and gRPC ports must be known to every node before any starts, so the
-test asks the OS for six free ports at once and releases them just before the
-nodes bind them. MQTT listeners use port 0 as everywhere else.
+A SUBACK means the route is committed; the publisher's node applies that
+commit a moment later, so tests publishing across nodes first wait for the
+route there (``wait_for_route``).
 """
 
 from __future__ import annotations
 
-import socket
+import itertools
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from collections import Counter
 
 import pytest
+from clusterkit import (
+    IDS,
+    SERVER_UNAVAILABLE,
+    SESSION_TAKEN_OVER,
+    Cluster,
+    NodeClients,
+    published,
+    received,
+    subscribed,
+    wait_for_route,
+)
 from rawmqtt import (
     CONNACK,
     DISCONNECT,
@@ -24,162 +33,259 @@ from rawmqtt import (
     PUBLISH,
     SUBACK,
     Closed,
+    Packet,
     RawClient,
+    Will,
     ack,
     connect,
-    publish,
+    disconnect,
     subscribe,
 )
 
-if TYPE_CHECKING:
-    from conftest import RunningBroker
+from raftmq.cluster.raft import RaftOptions
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
 
-SECRET = "integration-test-cluster-secret"
-IDS = ("n1", "n2", "n3")
-READY_TIMEOUT = 30.0
-"""Leader election and the first commits, on a loaded 2-core machine."""
-NO_MATCHING_SUBSCRIBERS = 0x10
-SESSION_TAKEN_OVER = 0x8E
+QOS_LEVELS = (0, 1, 2)
+V3_SERVER_UNAVAILABLE = 3
+"""CONNACK return code 3 of MQTT 3.1.1, "server unavailable"."""
+REFUSAL_TIMEOUT = 2 * RaftOptions().commit_timeout + 10
+"""A cut-off node gives up on a commit after the Raft commit timeout (no config key
+sets it); two commits may queue one behind the other, plus slack for a loaded machine."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports the OS just handed out (held together so none repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+# -- cross-node delivery ------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster(broker_factory: Callable[..., RunningBroker]) -> dict[str, RunningBroker]:
-    """Three nodes (durability memory), each knowing the other two; stopped by broker_factory."""
-    ports = iter(free_ports(2 * len(IDS)))
-    raft = {node_id: f"127.0.0.1:{next(ports)}" for node_id in IDS}
-    grpc = {node_id: f"127.0.0.1:{next(ports)}" for node_id in IDS}
-    nodes = {}
-    for node_id in IDS:
-        nodes[node_id] = broker_factory(
-            node_id=node_id,
-            listen=["tcp://127.0.0.1:0"],
-            durability="memory",
-            sys_interval=0,
-            cluster_secret=SECRET,
-            raft_listen=raft[node_id],
-            grpc_listen=grpc[node_id],
-            peers=[f"{other}={raft[other]},{grpc[other]}" for other in IDS if other != node_id],
-        )
-    return nodes
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[[RunningBroker, str], RawClient]]:
-    """Connect v5 clients, retrying while the cluster has no leader yet; all closed after."""
-    with ExitStack() as opened:
-
-        def connected(node: RunningBroker, client_id: str) -> RawClient:
-            deadline = time.monotonic() + READY_TIMEOUT
-            while True:
-                client = RawClient(node.host, node.port)
-                opened.callback(client.close)
-                client.send(connect(client_id))
-                connack = client.expect(CONNACK, timeout=READY_TIMEOUT)
-                if connack.reason_code == 0:
-                    return client
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"CONNECT of {client_id!r} refused: {connack}")
-                time.sleep(0.2)
-
-        yield connected
-
-
-def subscribed(client: RawClient, topic_filter: str, qos: int) -> None:
-    client.send(subscribe(1, [(topic_filter, qos)]))
-    suback = client.expect(SUBACK, timeout=10)
-    assert suback.reason_codes == [qos], suback
-
-
-def wait_for_route(publisher: RawClient, subscriber: RawClient, topic: str) -> None:
-    """Until the publisher's node knows the subscriber's node wants ``topic``.
-
-    SUBACK means the route is committed, but a follower applies a commit only
-    when the leader next tells it (one heartbeat later). A v5 QoS 1 PUBLISH that
-    no node wants is acknowledged 0x10: probe until it is not, then drop the
-    probes that reached the subscriber.
-    """
-    deadline = time.monotonic() + 10
-    packet_id = 1000
-    while True:
-        packet_id += 1
-        publisher.send(publish(topic, b"probe", qos=1, packet_id=packet_id))
-        puback = publisher.expect(PUBACK, timeout=10)
-        if puback.reason_code != NO_MATCHING_SUBSCRIBERS:
-            break
-        assert time.monotonic() < deadline, f"route for {topic!r} never reached the publisher"
-        time.sleep(0.05)
-    probe = subscriber.expect(PUBLISH)
-    assert probe.payload == b"probe"
-    if probe.qos:
-        assert probe.packet_id is not None
-        subscriber.send(ack(PUBACK, probe.packet_id))
-
-
-def test_publish_on_node1_reaches_subscriber_on_node2_at_qos0_and_qos1(
-    cluster: dict[str, RunningBroker], clients: Callable[[RunningBroker, str], RawClient]
+@pytest.mark.parametrize(
+    ("publisher_node", "subscriber_node"),
+    [("n1", "n2"), ("n2", "n1")],
+    ids=["n1-to-n2", "n2-to-n1"],
+)
+def test_cross_node_delivery_at_every_publish_and_subscribe_qos(
+    cluster: Cluster, node_clients: NodeClients, publisher_node: str, subscriber_node: str
 ) -> None:
-    subscriber = clients(cluster["n2"], "sub-on-n2")
-    subscribed(subscriber, "cross/#", 1)
-    publisher = clients(cluster["n1"], "pub-on-n1")
-    wait_for_route(publisher, subscriber, "cross/probe")
+    """Each (publish QoS, subscription QoS) pair arrives once, at the lower of the two,
+    with both sides' QoS 2 exchanges (PUBREC/PUBREL/PUBCOMP) completed."""
+    subscriber = node_clients(cluster[subscriber_node], "flow-subscriber")
+    for sub_qos in QOS_LEVELS:
+        subscribed(subscriber, f"flow/s{sub_qos}/#", sub_qos, packet_id=sub_qos + 1)
+    publisher = node_clients(cluster[publisher_node], "flow-publisher")
+    for sub_qos in QOS_LEVELS:
+        wait_for_route(publisher, subscriber, f"flow/s{sub_qos}/probe")
 
-    publisher.send(publish("cross/zero", b"qos0 from n1"))
-    got = subscriber.expect(PUBLISH)
-    assert (got.topic, got.payload, got.qos) == ("cross/zero", b"qos0 from n1", 0)
+    expected = []
+    for packet_id, (pub_qos, sub_qos) in enumerate(
+        itertools.product(QOS_LEVELS, QOS_LEVELS), start=1
+    ):
+        topic = f"flow/s{sub_qos}/p{pub_qos}"
+        payload = f"qos {pub_qos} from {publisher_node}".encode()
+        assert published(publisher, topic, payload, pub_qos, packet_id) == 0, topic
+        expected.append((topic, payload, min(pub_qos, sub_qos)))
 
-    publisher.send(publish("cross/one", b"qos1 from n1", qos=1, packet_id=7))
-    puback = publisher.expect(PUBACK)
-    assert (puback.packet_id, puback.reason_code) == (7, 0)
-    got = subscriber.expect(PUBLISH)
-    assert (got.topic, got.payload, got.qos) == ("cross/one", b"qos1 from n1", 1)
-    assert got.packet_id is not None
-    subscriber.send(ack(PUBACK, got.packet_id))
+    got = received(subscriber, len(expected))
+    assert sorted((p.topic, p.payload, p.qos) for p in got) == sorted(expected)
     subscriber.assert_silent(0.5)  # one copy each, nothing else
 
 
-def test_retained_message_set_on_node1_is_served_by_node3(
-    cluster: dict[str, RunningBroker], clients: Callable[[RunningBroker, str], RawClient]
-) -> None:
-    publisher = clients(cluster["n1"], "retainer")
-    publisher.send(publish("kept/topic", b"retained on n1", qos=1, packet_id=3, retain=True))
-    assert publisher.expect(PUBACK, timeout=10).packet_id == 3
-    # Committed before the PUBACK; node 3 applies it within a heartbeat or so.
+# -- retained messages ----------------------------------------------------------------
+
+
+def retained_from(
+    node_clients: NodeClients, cluster: Cluster, node_id: str, reader: str
+) -> Packet | None:
+    """The retained message a fresh QoS 1 subscriber to ``kept/#`` on ``node_id`` is
+    sent, or None. Retained messages follow the SUBACK at once, so a second is ample."""
+    client = node_clients(cluster[node_id], reader)
+    subscribed(client, "kept/#", 1)
+    try:
+        got = client.expect(PUBLISH, timeout=1.0)
+    except TimeoutError:
+        return None
+    finally:
+        client.close()
+    return got
+
+
+def served_retained(
+    node_clients: NodeClients, cluster: Cluster, node_id: str, payload: bytes | None
+) -> Packet | None:
+    """What ``node_id`` serves as retained once it serves ``payload`` (None: nothing);
+    every node applies the commit within a heartbeat or so of the publisher's."""
     deadline = time.monotonic() + 10
-    attempt = 0
+    phase = "cleared" if payload is None else "set"
+    attempts = itertools.count()
     while True:
-        attempt += 1
-        reader = clients(cluster["n3"], f"reader-{attempt}")
-        subscribed(reader, "kept/#", 0)
-        try:
-            got = reader.expect(PUBLISH, timeout=0.5)
-            break
-        except TimeoutError:
-            assert time.monotonic() < deadline, "node 3 never served the retained message"
-    assert (got.topic, got.payload, got.retain) == ("kept/topic", b"retained on n1", True)
+        got = retained_from(node_clients, cluster, node_id, f"{phase}-{node_id}-{next(attempts)}")
+        if (got.payload if got is not None else None) == payload:
+            return got
+        assert time.monotonic() < deadline, f"node {node_id} serves {got}, not {payload!r}"
 
 
-def test_client_id_taken_over_on_node2_disconnects_node1_with_0x8e(
-    cluster: dict[str, RunningBroker], clients: Callable[[RunningBroker, str], RawClient]
+def test_retained_message_set_on_node1_is_served_then_cleared_on_every_node(
+    cluster: Cluster, node_clients: NodeClients
 ) -> None:
-    first = clients(cluster["n1"], "roaming")
-    second = clients(cluster["n2"], "roaming")
-    received = first.read_until_closed(timeout=10)
-    assert [(p.type, p.reason_code) for p in received] == [(DISCONNECT, SESSION_TAKEN_OVER)]
+    setter = node_clients(cluster["n1"], "retainer")
+    # Accepted: 0, or 0x10 when nobody subscribes right now; refusals are 0x80 and up.
+    assert published(setter, "kept/topic", b"retained on n1", 1, retain=True) < 0x80
+    for node_id in IDS:
+        got = served_retained(node_clients, cluster, node_id, b"retained on n1")
+        assert got is not None
+        assert (got.topic, got.retain, got.qos) == ("kept/topic", True, 1), node_id
+
+    assert published(setter, "kept/topic", b"", 1, packet_id=2, retain=True) < 0x80
+    for node_id in IDS:
+        served_retained(node_clients, cluster, node_id, None)
+
+
+# -- takeover -------------------------------------------------------------------------
+
+
+def test_takeover_from_node1_to_node2_cuts_the_old_connection_for_good(
+    cluster: Cluster, node_clients: NodeClients
+) -> None:
+    first = node_clients(cluster["n1"], "roaming")
+    subscribed(first, "roam/#", 1)
+    second, connack = node_clients.connect(cluster["n2"], "roaming")
+    assert not connack.session_present
+    goodbye = first.read_until_closed(timeout=10)
+    assert [(p.type, p.reason_code) for p in goodbye] == [(DISCONNECT, SESSION_TAKEN_OVER)]
+
+    subscribed(second, "roam/#", 1)
+    publisher = node_clients(cluster["n3"], "roam-publisher")
+    wait_for_route(publisher, second, "roam/probe")
+    news = [f"news {i}".encode() for i in range(3)]
+    for packet_id, payload in enumerate(news, start=1):
+        assert published(publisher, "roam/news", payload, 1, packet_id) == 0
+
+    assert [p.payload for p in received(second, len(news))] == news
+    second.assert_silent(0.5)
     with pytest.raises(Closed):
         first.read(timeout=0.1)
     second.send(PINGREQ_BYTES)  # the new connection is alive
     second.expect(PINGRESP)
+
+
+# -- shared subscriptions ---------------------------------------------------------------
+
+SHARED_MESSAGES = 30
+
+
+def gathered(members: dict[str, RawClient], total: int) -> dict[str, list[bytes]]:
+    """The payloads each member (by client id) gets, acknowledged, until ``total`` in all."""
+    deadline = time.monotonic() + 20
+    got: dict[str, list[bytes]] = {client_id: [] for client_id in members}
+    while sum(map(len, got.values())) < total:
+        assert time.monotonic() < deadline, f"fewer than {total} messages arrived: {got}"
+        for client_id, client in members.items():
+            try:
+                pkt = client.expect(PUBLISH, timeout=0.05)
+            except TimeoutError:
+                continue
+            assert pkt.packet_id is not None
+            client.send(ack(PUBACK, pkt.packet_id))
+            got[client_id].append(pkt.payload)
+    return got
+
+
+@pytest.mark.parametrize(
+    ("members_per_node", "publisher_node", "serving_nodes"),
+    [
+        pytest.param({"n1": 1, "n2": 1, "n3": 1}, "n1", {"n1"}, id="one-per-node"),
+        pytest.param({"n1": 1, "n2": 1, "n3": 2}, "n3", {"n3"}, id="two-on-publisher-node"),
+        pytest.param({"n2": 1, "n3": 2}, "n1", {"n2", "n3"}, id="none-on-publisher-node"),
+    ],
+)
+def test_share_group_over_nodes_gets_each_message_once(
+    cluster: Cluster,
+    node_clients: NodeClients,
+    members_per_node: dict[str, int],
+    publisher_node: str,
+    serving_nodes: set[str],
+) -> None:
+    """Each message goes to one member cluster-wide. A group with a member on the
+    publisher's node is served there alone (cluster/replicated.py ``_plan``); otherwise
+    the nodes with members take turns, and each node's members take turns."""
+    members: dict[str, RawClient] = {}
+    serving: set[str] = set()
+    for node_id, count in members_per_node.items():
+        for i in range(count):
+            client_id = f"worker-{node_id}-{i}"
+            members[client_id] = node_clients(cluster[node_id], client_id)
+            subscribed(members[client_id], "$share/workers/jobs/#", 1)
+            if node_id in serving_nodes:
+                serving.add(client_id)
+    # A plain route committed after every group route: the publisher's node applies
+    # commits in log order, so once it routes the marker it knows the whole group.
+    marker_node = next(node_id for node_id in members_per_node if node_id != publisher_node)
+    marker = node_clients(cluster[marker_node], "marker")
+    subscribed(marker, "marker/#", 0)
+    publisher = node_clients(cluster[publisher_node], "producer")
+    wait_for_route(publisher, marker, "marker/probe")
+
+    jobs = [f"job {i}".encode() for i in range(SHARED_MESSAGES)]
+    for packet_id, payload in enumerate(jobs, start=1):
+        assert published(publisher, f"jobs/{packet_id}", payload, 1, packet_id) == 0
+
+    got = gathered(members, len(jobs))
+    for client in members.values():
+        client.assert_silent(0.3)  # no late duplicate
+    copies = Counter(payload for payloads in got.values() for payload in payloads)
+    assert {p: n for p, n in copies.items() if n > 1} == {}, "delivered more than once"
+    assert sorted(copies) == sorted(jobs)
+    receivers = {client_id for client_id, payloads in got.items() if payloads}
+    assert receivers == serving, {client_id: len(payloads) for client_id, payloads in got.items()}
+
+
+# -- wills ----------------------------------------------------------------------------
+
+
+def test_will_of_a_client_lost_on_node1_reaches_node3_once_and_disconnect_sends_none(
+    cluster: Cluster, node_clients: NodeClients
+) -> None:
+    watcher = node_clients(cluster["n3"], "will-watcher")
+    subscribed(watcher, "wills/#", 1)
+    graceful = node_clients(
+        cluster["n1"], "graceful", will=Will("wills/graceful", b"graceful left", qos=1)
+    )
+    lost = node_clients(cluster["n1"], "lost", will=Will("wills/lost", b"lost on n1", qos=1))
+    wait_for_route(lost, watcher, "wills/probe")
+
+    graceful.send(disconnect())
+    assert graceful.read_until_closed() == []
+    lost.close()  # no DISCONNECT: the broker sees the connection drop
+
+    wills = received(watcher, 1)
+    assert [(w.topic, w.payload, w.qos) for w in wills] == [("wills/lost", b"lost on n1", 1)]
+    watcher.assert_silent(1.5)  # neither a second copy nor the graceful client's will
+
+
+# -- a node cut off from its peers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("level", "unavailable"),
+    [(5, SERVER_UNAVAILABLE), (4, V3_SERVER_UNAVAILABLE)],
+    ids=["v5", "v3.1.1"],
+)
+def test_node_cut_off_from_its_peers_refuses_connect_and_subscribe(
+    cluster: Cluster, node_clients: NodeClients, level: int, unavailable: int
+) -> None:
+    """Neither a claim nor a new route can commit without a majority: both are
+    refused after a bounded wait, and the connected client stays served."""
+    lonely = cluster["n1"]
+    resident = node_clients(lonely, "resident", level=level)
+    cluster["n2"].kill()
+    cluster["n3"].kill()
+
+    resident.send(subscribe(1, [("after/cut", 1)], level=level))
+    newcomer = node_clients.open(lonely, level)
+    newcomer.send(connect("newcomer", level=level))
+
+    suback = resident.expect(SUBACK, timeout=REFUSAL_TIMEOUT)
+    assert len(suback.reason_codes) == 1 and suback.reason_codes[0] >= 0x80, suback
+    connack = newcomer.expect(CONNACK, timeout=REFUSAL_TIMEOUT)
+    assert (connack.reason_code, connack.session_present) == (unavailable, False), connack
+    assert newcomer.read_until_closed() == []
+    resident.send(PINGREQ_BYTES)
+    resident.expect(PINGRESP)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,9 +98,20 @@ def connected(port: int, client_id: str) -> RawClient:
 
 
 def test_cluster_up_serves_as_one_broker_and_stops_on_sigterm(
-    cluster_up: tuple[subprocess.Popen[str], dict[str, int]],
+    cluster_up: tuple[subprocess.Popen[str], dict[str, int]], tmp_path: Path
 ) -> None:
+    """Over mutual TLS between nodes: every generated config names the node's own
+    certificate from DIR/certs."""
     proc, ports = cluster_up
+    certs = tmp_path / "cluster" / "certs"
+    for node_id in ports:
+        config = tomllib.loads((tmp_path / "cluster" / node_id / "raftmq.toml").read_text())
+        assert {key: config[key] for key in config if key.startswith("cluster_tls_")} == {
+            "cluster_tls_ca": str(certs / "ca.crt"),
+            "cluster_tls_cert": str(certs / f"{node_id}.crt"),
+            "cluster_tls_key": str(certs / f"{node_id}.key"),
+        }
+        assert (certs / f"{node_id}.key").stat().st_mode & 0o777 == 0o600
     subscriber = connected(ports["n2"], "up-sub")
     publisher = connected(ports["n1"], "up-pub")
     try:

@@ -47,11 +47,20 @@ class RecordingCluster(LocalCluster):
         self.unavailable = False
         self.forward_gate: asyncio.Future[None] | None = None
 
-    async def claim_client(self, client_id: str) -> Claim:
-        self.calls.append(("claim", client_id))
+    async def claim_client(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> Claim:
+        self.calls.append(("claim", client_id, clean_start, expiry_interval))
         if self.unavailable:
             raise ClusterUnavailable("no quorum")
-        return await super().claim_client(client_id)
+        return await super().claim_client(
+            client_id, clean_start=clean_start, expiry_interval=expiry_interval, will=will
+        )
 
     async def release_client(self, client_id: str, epoch: int) -> None:
         self.calls.append(("release", client_id, epoch))
@@ -123,12 +132,12 @@ async def node(tmp_path: Path) -> AsyncIterator[tuple[Broker, RecordingCluster, 
         yield broker, cluster, port
 
 
-async def test_connect_claims_and_registers_will(node: tuple[Broker, RecordingCluster, int]):
+async def test_connect_claims_with_its_will(node: tuple[Broker, RecordingCluster, int]):
     _, cluster, port = node
     client, connack = await Client.connect(port, "c1", will=Will("w/c1", b"gone"))
     assert connack.reason_code == 0
-    assert ("claim", "c1") in cluster.calls
-    assert ("register_will", "c1", "w/c1") in cluster.calls
+    assert ("claim", "c1", True, 0) in cluster.calls, "one commit: claim, session and will"
+    assert cluster.wills["c1"].topic == "w/c1"
     await client.close()
 
 

@@ -20,12 +20,10 @@ from raftmq.cluster.state import (
     ClaimClient,
     ClaimResult,
     ClusterState,
-    DropSession,
     NodeDown,
     NodeDownResult,
     NodeUp,
     Owner,
-    PutSession,
     RegisterWill,
     Rejected,
     ReleaseClient,
@@ -47,9 +45,21 @@ def applied(*commands: object) -> tuple[ClusterState, list[object]]:
     return state, [state.apply(command) for command in commands]
 
 
-def claim(state: ClusterState, client_id: str, node_id: str) -> ClaimResult:
-    result = state.apply(ClaimClient(client_id, node_id))
+def claim(
+    state: ClusterState,
+    client_id: str,
+    node_id: str,
+    expiry: int = 0,
+    subscriptions: tuple[StoredSubscription, ...] = (),
+    *,
+    clean_start: bool = True,
+) -> ClaimResult:
+    """A CONNECT on ``node_id``; with ``expiry``, a persistent session with ``subscriptions``."""
+    result = state.apply(ClaimClient(client_id, node_id, clean_start, expiry))
     assert isinstance(result, ClaimResult)
+    if subscriptions:
+        added = AddSessionSubscriptions(client_id, node_id, result.epoch, subscriptions)
+        assert state.apply(added) is True
     return result
 
 
@@ -81,37 +91,61 @@ def test_release_needs_the_current_epoch() -> None:
 
 def test_writes_of_a_superseded_owner_are_ignored() -> None:
     state = ClusterState()
-    old = claim(state, "c1", "n1")
-    session = SessionRecord(3600, (StoredSubscription("a/#", 1),))
-    assert state.apply(PutSession("c1", "n1", old.epoch, session)) is True
+    subs = (StoredSubscription("a/#", 1),)
+    old = claim(state, "c1", "n1", 3600, subs)
     assert state.apply(RegisterWill("c1", "n1", old.epoch, WILL)) is True
-    new = claim(state, "c1", "n2")
+    new = claim(state, "c1", "n2", 3600, clean_start=False)
     assert "c1" not in state.wills, "a takeover drops the old connection's will"
     assert state.apply(RegisterWill("c1", "n1", old.epoch, WILL)) is False
-    assert state.apply(DropSession("c1", "n1", old.epoch)) is False
-    assert state.apply(PutSession("c1", "n1", old.epoch, SessionRecord(0))) is False
-    assert state.sessions["c1"] == session
+    late = AddSessionSubscriptions("c1", "n1", old.epoch, (StoredSubscription("x", 0),))
+    assert state.apply(late) is False
+    assert state.apply(RemoveSessionSubscriptions("c1", "n1", old.epoch, ("a/#",))) is False
+    assert state.apply(ReleaseClient("c1", "n1", old.epoch)) is False
+    assert state.sessions["c1"] == SessionRecord(3600, subs)
     assert state.apply(RegisterWill("c1", "n2", new.epoch, WILL)) is True
     assert state.wills["c1"] == WILL
 
 
 def test_a_persistent_session_follows_its_client_to_the_next_claim() -> None:
     state = ClusterState()
-    first = claim(state, "c1", "n1")
-    session = SessionRecord(600, (StoredSubscription("a/+", 2, retain_as_published=True),))
-    state.apply(PutSession("c1", "n1", first.epoch, session))
-    second = claim(state, "c1", "n3")
-    assert second.session == session
+    subs = (StoredSubscription("a/+", 2, retain_as_published=True),)
+    claim(state, "c1", "n1", 600, subs)
+    second = claim(state, "c1", "n3", 60, clean_start=False)
+    assert second.session == SessionRecord(600, subs), "the session as it was left"
     assert second.previous_owner == "n1"
-    assert state.apply(DropSession("c1", "n3", second.epoch)) is True
-    assert claim(state, "c1", "n2").session is None
+    assert state.sessions["c1"] == SessionRecord(60, subs), "the new connection's expiry"
+    assert state.apply(ReleaseClient("c1", "n3", second.epoch)) is True
+    assert "c1" not in state.sessions, "a released client's session ended"
+    assert claim(state, "c1", "n2", clean_start=False).session is None
+
+
+def test_a_claim_carries_the_will_of_the_new_connection() -> None:
+    state = ClusterState()
+    first = state.apply(ClaimClient("c1", "n1", True, 0, WILL))
+    assert isinstance(first, ClaimResult)
+    assert state.wills["c1"] == WILL
+    claim(state, "c1", "n2")
+    assert "c1" not in state.wills, "the new connection has no will"
+
+
+def test_a_clean_start_or_zero_expiry_ends_the_previous_session() -> None:
+    state = ClusterState()
+    subs = (StoredSubscription("a", 1),)
+    claim(state, "c1", "n1", 600, subs)
+    fresh = claim(state, "c1", "n2", 600, clean_start=True)
+    assert fresh.session is None, "a clean start resumes nothing"
+    assert state.sessions["c1"] == SessionRecord(600, ()), "a new, empty persistent session"
+    claim(state, "c1", "n1", 600, subs)
+    gone = claim(state, "c1", "n3", 0, clean_start=False)
+    assert gone.session == SessionRecord(600, subs), "resumed for this connection only"
+    assert "c1" not in state.sessions, "expiry 0: nothing outlives the connection"
 
 
 def test_session_subscriptions_are_added_replaced_and_removed() -> None:
     state = ClusterState()
     epoch = claim(state, "c1", "n1").epoch
-    assert state.apply(AddSessionSubscriptions("c1", "n1", epoch, ())) is False, "no session yet"
-    state.apply(PutSession("c1", "n1", epoch, SessionRecord(60)))
+    assert state.apply(AddSessionSubscriptions("c1", "n1", epoch, ())) is False, "no session"
+    epoch = claim(state, "c1", "n1", 60).epoch
     subs = (StoredSubscription("a/b", 0), StoredSubscription("$share/g/c/#", 1))
     assert state.apply(AddSessionSubscriptions("c1", "n1", epoch, subs)) is True
     upgraded = StoredSubscription("a/b", 2, identifier=7)
@@ -195,9 +229,8 @@ def test_replicas_applying_the_same_retained_log_converge() -> None:
 def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
     state = ClusterState()
     state.apply(SetMembers(("n3", "n1", "n2")))
-    persistent = claim(state, "p1", "n2").epoch
     subs = (StoredSubscription("a/b", 1), StoredSubscription("$share/g/c/#", 0))
-    state.apply(PutSession("p1", "n2", persistent, SessionRecord(3600, subs)))
+    persistent = claim(state, "p1", "n2", 3600, subs).epoch
     will_p1 = WillRecord("wills/p1", b"p1 gone", 0, True, {"will_delay_interval": 5})
     state.apply(RegisterWill("p1", "n2", persistent, will_p1))
     plain = claim(state, "c2", "n2").epoch
@@ -236,8 +269,7 @@ def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
 def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> None:
     state = ClusterState()
     state.apply(SetMembers(("n1",)))
-    epoch = claim(state, "p", "n1").epoch
-    state.apply(PutSession("p", "n1", epoch, SessionRecord(10)))
+    claim(state, "p", "n1", 10)
     result = state.apply(NodeDown("n1"))
     assert isinstance(result, NodeDownResult)
     assert result.released == ("p",) and result.rehomed == ()
@@ -266,8 +298,7 @@ def _only_builtins(value: Any) -> bool:
 def busy_state() -> ClusterState:
     state = ClusterState()
     state.apply(SetMembers(("n1", "n2", "n3")))
-    epoch = claim(state, "p", "n1").epoch
-    state.apply(PutSession("p", "n1", epoch, SessionRecord(60, (StoredSubscription("a/#", 1),))))
+    epoch = claim(state, "p", "n1", 60, (StoredSubscription("a/#", 1),)).epoch
     state.apply(RegisterWill("p", "n1", epoch, WILL))
     state.apply(AddRoute("n1", "a/#"))
     state.apply(AddRoute("n2", "a/b", "g"))
@@ -307,16 +338,15 @@ SUBSCRIPTIONS = st.builds(
 )
 COMMANDS = st.one_of(
     st.builds(SetMembers, st.lists(NODES, max_size=4).map(tuple)),
-    st.builds(ClaimClient, CLIENTS, NODES),
-    st.builds(ReleaseClient, CLIENTS, NODES, EPOCHS),
     st.builds(
-        PutSession,
+        ClaimClient,
         CLIENTS,
         NODES,
-        EPOCHS,
-        st.builds(SessionRecord, st.integers(0, 100), st.lists(SUBSCRIPTIONS).map(tuple)),
+        st.booleans(),
+        st.sampled_from([0, 60, 0xFFFFFFFF]),
+        st.sampled_from([None, WILL]),
     ),
-    st.builds(DropSession, CLIENTS, NODES, EPOCHS),
+    st.builds(ReleaseClient, CLIENTS, NODES, EPOCHS),
     st.builds(AddSessionSubscriptions, CLIENTS, NODES, EPOCHS, st.lists(SUBSCRIPTIONS).map(tuple)),
     st.builds(RemoveSessionSubscriptions, CLIENTS, NODES, EPOCHS, st.lists(FILTERS).map(tuple)),
     st.builds(RegisterWill, CLIENTS, NODES, EPOCHS, st.sampled_from([None, WILL])),

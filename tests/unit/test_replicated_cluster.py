@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from raft_trio import FAST, IDS, Trio, eventually
 
+from raftmq.cluster.frames import Handover
 from raftmq.cluster.raft import RaftOptions
 from raftmq.cluster.replicated import RaftCluster, SharedGroup
 from raftmq.cluster.state import (
@@ -26,27 +27,29 @@ from raftmq.cluster.state import (
     Owner,
     ReleaseClient,
     RetainedRecord,
-    SessionRecord,
     SetRetained,
-    StoredSubscription,
     WillRecord,
 )
-from raftmq.node.hooks import Claim, ClusterUnavailable
+from raftmq.node.hooks import Claim, ClusterUnavailable, SessionTransfer
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
+from raftmq.node.session import Delivery, Outgoing, Subscription
 
 pytestmark = pytest.mark.timeout(60)
 
 
 class RecordingNode:
-    """NodeEvents (plus adopt_session) that remembers what the cluster asked."""
+    """NodeEvents that remember what the cluster asked; ``sessions`` are what
+    ``surrender_session`` gives up."""
 
     def __init__(self) -> None:
         self.kicks: list[tuple[str, int]] = []
+        self.surrendered: list[tuple[str, int, bool]] = []
+        self.sessions: dict[str, SessionTransfer] = {}
         self.forwarded: list[Message] = []
         self.retained: dict[str, Message] = {}
         self.retained_calls: list[tuple[str, Message | None]] = []
-        self.adopted: list[tuple[str, int, SessionRecord]] = []
+        self.adopted: list[tuple[str, int, SessionTransfer]] = []
 
     def kick_client(self, client_id: str, epoch: int) -> None:
         self.kicks.append((client_id, epoch))
@@ -61,8 +64,14 @@ class RecordingNode:
         else:
             self.retained[topic] = message
 
-    def adopt_session(self, client_id: str, epoch: int, session: SessionRecord) -> None:
-        self.adopted.append((client_id, epoch, session))
+    def surrender_session(
+        self, client_id: str, epoch: int, resumed: bool
+    ) -> SessionTransfer | None:
+        self.surrendered.append((client_id, epoch, resumed))
+        return self.sessions.pop(client_id, None)
+
+    def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
+        self.adopted.append((client_id, epoch, transfer))
 
 
 @dataclass
@@ -70,9 +79,18 @@ class LoopbackForwarder:
     """Hands each message to the target nodes' events, and records who sent what where."""
 
     nodes: dict[str, RecordingNode] = field(default_factory=dict)
+    clusters: dict[str, RaftCluster] = field(default_factory=dict)
     sent: list[tuple[tuple[str, ...], str, dict[str, tuple[SharedGroup, ...]]]] = field(
         default_factory=list
     )
+    handovers: list[tuple[str, Handover]] = field(default_factory=list)
+
+    def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
+        self.handovers.append((node_id, handover))
+        self.clusters[node_id].receive_handover("?", handover)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def send(
         self,
@@ -100,7 +118,7 @@ class Cluster:
         hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
         node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
         hooks.attach(node)
-        self.hooks[node_id] = hooks
+        self.hooks[node_id] = self.forwarder.clusters[node_id] = hooks
         return hooks
 
     async def start(self, *ids: str) -> None:
@@ -144,9 +162,11 @@ async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None
     assert first.previous_owner is None
     second = await n2.claim_client("c1")
     assert second == Claim(second.epoch, "n1", first.epoch) and second.epoch > first.epoch
-    await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n1"].kicks, 5, "n1 kicked")
-    await eventually(lambda: ("c1", second.epoch) in cluster.nodes["n3"].kicks, 5, "n3 told")
-    assert ("c1", second.epoch) not in cluster.nodes["n2"].kicks, "a claim never kicks its own"
+    told = ("c1", second.epoch, False)
+    await eventually(lambda: told in cluster.nodes["n1"].surrendered, 5, "n1 gave it up")
+    await eventually(lambda: told in cluster.nodes["n3"].surrendered, 5, "n3 told")
+    assert told not in cluster.nodes["n2"].surrendered, "a claim never takes from its own node"
+    assert not cluster.forwarder.handovers, "no session to hand over"
     await n2.release_client("c1", second.epoch)
     assert n2.state.owner_of("c1") is None
 
@@ -166,17 +186,59 @@ async def test_a_will_is_registered_only_by_the_current_owner(cluster: Cluster) 
 
 async def test_a_persistent_session_follows_its_client(cluster: Cluster) -> None:
     n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
-    claim = await n1.claim("p1")
-    record = SessionRecord(3600, (StoredSubscription("a/#", 1),))
-    assert await n1.save_session("p1", claim.epoch, record)
-    more = (StoredSubscription("$share/g/b", 2, identifier=4),)
-    assert await n1.add_session_subscriptions("p1", claim.epoch, more)
-    resumed = await n3.claim("p1")
+    claim = await n1.claim_client("p1", clean_start=False, expiry_interval=3600)
+    plain = Subscription("a/#", 1)
+    await n1.save_subscriptions("p1", claim.epoch, {"a/#": plain})
+    shared = Subscription("b", 2, identifier=4, share_group="g")
+    await n1.save_subscriptions("p1", claim.epoch, {"$share/g/b": shared})
+    queued = Delivery(Message.create("a/x", b"missed", 1, False), 1, False)
+    in_flight = Outgoing(Delivery(Message.create("a/y", b"unacked", 2, False), 2, False))
+    cluster.nodes["n1"].sessions["p1"] = SessionTransfer(3600, {}, [queued], {7: in_flight}, {3})
+
+    resumed = await n3.claim_client("p1", clean_start=False, expiry_interval=60)
     assert resumed.previous_owner == "n1"
-    assert resumed.session == SessionRecord(3600, (*record.subscriptions, *more))
-    assert not await n1.save_session("p1", claim.epoch, SessionRecord(0)), "fenced"
-    assert await n3.remove_session_subscriptions("p1", resumed.epoch, ["a/#"])
-    assert await n3.drop_session("p1", resumed.epoch)
+    transfer = await n3.take_session("p1", resumed)
+
+    assert transfer is not None
+    assert transfer.expiry_interval == 3600
+    assert transfer.subscriptions == {"a/#": plain, "$share/g/b": shared}
+    assert [d.message.payload for d in transfer.queued] == [b"missed"]
+    assert {pid: e.delivery.message.payload for pid, e in transfer.outgoing.items()} == {
+        7: b"unacked"
+    }
+    assert transfer.incoming_qos2 == {3}
+    assert ("p1", resumed.epoch, True) in cluster.nodes["n1"].surrendered
+    await n1.save_subscriptions("p1", claim.epoch, {"late": plain})
+    assert "late" not in {s.topic_filter for s in n3.state.sessions["p1"].subscriptions}, "fenced"
+    await n3.forget_subscriptions("p1", resumed.epoch, ["a/#"])
+    assert [s.topic_filter for s in n3.state.sessions["p1"].subscriptions] == ["$share/g/b"]
+
+
+async def test_a_resumed_session_whose_owner_is_gone_keeps_its_subscriptions(
+    cluster: Cluster,
+) -> None:
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    claim = await n1.claim_client("p2", clean_start=False, expiry_interval=600)
+    await n1.save_subscriptions("p2", claim.epoch, {"s/#": Subscription("s/#", 1)})
+    cluster.forwarder.clusters.pop("n2")  # n1's hand-over never reaches n2
+    cluster.forwarder.hand_over = lambda node_id, handover: asyncio.sleep(0)  # type: ignore[method-assign]
+    n2.handover_timeout = 0.2
+    resumed = await n2.claim_client("p2", clean_start=False, expiry_interval=600)
+    transfer = await n2.take_session("p2", resumed)
+    assert transfer is not None
+    assert list(transfer.subscriptions) == ["s/#"] and not transfer.queued
+
+
+async def test_a_clean_start_resumes_nothing(cluster: Cluster) -> None:
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    claim = await n1.claim_client("p3", clean_start=False, expiry_interval=600)
+    await n1.save_subscriptions("p3", claim.epoch, {"s/#": Subscription("s/#", 1)})
+    fresh = await n2.claim_client("p3", clean_start=True, expiry_interval=600)
+    assert await n2.take_session("p3", fresh) is None
+    await eventually(
+        lambda: ("p3", fresh.epoch, False) in cluster.nodes["n1"].surrendered, 5, "n1 ends it"
+    )
+    assert not cluster.forwarder.handovers
 
 
 async def test_retained_messages_set_anywhere_reach_every_node(cluster: Cluster) -> None:
@@ -256,9 +318,8 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     await n2.add_route("wills/#", None)
     await n3.claim_client("c9")
     await n3.register_will("c9", Will("wills/c9", b"c9 lost", 1, True))
-    persistent = await n3.claim("p1")
-    record = SessionRecord(600, (StoredSubscription("p/#", 1),))
-    await n3.save_session("p1", persistent.epoch, record)
+    persistent = await n3.claim_client("p1", clean_start=False, expiry_interval=600)
+    await n3.save_subscriptions("p1", persistent.epoch, {"p/#": Subscription("p/#", 1)})
 
     result = await n1.node_down("n3")
 
@@ -273,9 +334,11 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     await eventually(
         lambda: all("wills/c9" in cluster.nodes[n].retained for n in IDS), 5, "retained will"
     )
-    await eventually(
-        lambda: ("p1", home.epoch, record) in cluster.nodes[home.node_id].adopted, 5, "adopted"
-    )
+    adopted = cluster.nodes[home.node_id].adopted
+    await eventually(lambda: adopted, 5, "adopted")
+    assert [
+        (cid, epoch, t.expiry_interval, list(t.subscriptions)) for cid, epoch, t in adopted
+    ] == [("p1", home.epoch, 600, ["p/#"])]
     kicked = cluster.nodes["n3"].kicks
     await eventually(lambda: ("c9", result.fence_epoch) in kicked, 5, "n3 drops its clients")
     assert ("p1", result.fence_epoch) in kicked
