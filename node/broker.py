@@ -13,10 +13,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Collection, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 
+from .acks import OrderedAcks
 from .acl import AccessControl
 from .auth import Authenticator
 from .config import TLS_SCHEMES, Config
@@ -664,10 +666,24 @@ class Broker:
         self._publishing = None
         if qos == 0:
             return None if pending is None else _wait_for_room(pending)
+        if qos == 1:
+            if pending is None and not conn.ordered_acks:
+                self._ack(conn, packet, matched)
+                return None
+            return self._ack_in_order(conn, pending, partial(self._ack, conn, packet, matched or 1))
         if pending is not None:
             return self._ack_after(conn, packet, pending, matched)
         self._ack(conn, packet, matched)
         return None
+
+    def _ack_in_order(
+        self, conn: MQTTConnection, pending: Awaitable[None] | None, send: Callable[[], None]
+    ) -> Awaitable[None] | None:
+        """Queue a QoS 1 acknowledgement behind the ones still waiting (see acks.py)."""
+        acks = conn.ordered_acks
+        if acks is None:
+            acks = conn.ordered_acks = OrderedAcks(conn, self.config.receive_maximum)
+        return acks.add(pending, send)
 
     async def _publish_retained(
         self, conn: MQTTConnection, packet: Publish, message: Message
@@ -687,7 +703,11 @@ class Broker:
             matched, pending = self.route(message)
             if pending is not None:
                 await pending
-        if packet.qos:
+        if packet.qos == 1 and conn.ordered_acks:
+            room = self._ack_in_order(conn, None, partial(self._ack, conn, packet, matched))
+            if room is not None:
+                await room
+        elif packet.qos:
             self._ack(conn, packet, matched)
 
     async def _ack_after(
@@ -716,11 +736,16 @@ class Broker:
         if not packet.qos:
             return
         if conn.protocol_level != 5:
-            self._ack(conn, packet, 1)
-            return
-        assert packet.packet_id is not None
-        ack = Puback if packet.qos == 1 else Pubrec
-        conn.send(ack(packet.packet_id, ReasonCode.NOT_AUTHORIZED, conn.problem("not authorized")))
+            send = partial(self._ack, conn, packet, 1)
+        else:
+            assert packet.packet_id is not None
+            ack = Puback if packet.qos == 1 else Pubrec
+            reply = ack(packet.packet_id, ReasonCode.NOT_AUTHORIZED, conn.problem("not authorized"))
+            send = partial(conn.send, reply)
+        if packet.qos == 1 and conn.ordered_acks:
+            self._ack_in_order(conn, None, send)  # behind the PUBACKs still owed
+        else:
+            send()
 
     def _retained_fits(self, message: Message) -> bool:
         """Whether storing ``message`` as retained stays within the node's retained limits.

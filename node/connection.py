@@ -39,6 +39,7 @@ from .reason_codes import ReasonCode, connack_code_for
 from .session import Delivery, Session
 
 if TYPE_CHECKING:
+    from .acks import OrderedAcks
     from .broker import Broker
 
 log = logging.getLogger("raftmq.connection")
@@ -86,6 +87,7 @@ class MQTTConnection(asyncio.Protocol):
         "listener",
         "loop",
         "max_outgoing_size",
+        "ordered_acks",
         "peer",
         "problem_info",
         "protocol_level",
@@ -125,6 +127,8 @@ class MQTTConnection(asyncio.Protocol):
         self.aliases_out: dict[str, int] = {}
         self.alias_out_max = 0
         self.incoming_pending = 0
+        self.ordered_acks: OrderedAcks | None = None
+        """QoS 1 acknowledgements waiting for other nodes (made at the first such PUBLISH)."""
         self.clean_disconnect = False
         self.peer = "?"
         self._backlog: deque[Packet] = deque()

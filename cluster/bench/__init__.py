@@ -40,6 +40,15 @@ Side by side with other brokers: ``scripts/bench-compare.sh`` (see
 raftmq, interleaved, median of 3, and ``--all`` writes BENCHMARKS.md and its
 charts.
 
+Across the nodes of a cluster: ``--sub-host/--sub-port`` put the subscribers
+on another node than the publishers; the run starts once a probe published
+at the publishers' node reached every subscriber (SUBACK comes before the
+publishers' node has applied the route), and probes are counted nowhere.
+``--target HOST:PORT``, repeated, spreads ``conns`` and ``connect-rate``
+clients round-robin over nodes. ``scripts/bench-cluster.sh`` (see
+``cluster_compare``) measures same-node and cross-node figures of a 3-node
+cluster beside one node and Mosquitto.
+
 The generator's ceiling, ``ceiling`` (``pairs`` at QoS 0 against the
 in-process sink of ``sink``, which relays bytes without parsing them, so
 the whole publish, receive and check path of the generator is measured),

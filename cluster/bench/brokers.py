@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
+
+from raftmq.cluster.bench.machine import port_range
+from raftmq.cluster.bench.plan import Address
+from raftmq.cluster.local_cluster import PORTS_PER_NODE
+from raftmq.node.codec import encode
+from raftmq.node.packets import Connect
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -171,22 +180,30 @@ class RunningBroker:
         return self.process.pid
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return _tail(self.log_path, lines)
 
     def stop(self) -> None:
-        """SIGTERM the broker's process group, SIGKILL it if it lingers."""
-        kill_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            kill_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(STOP_TIMEOUT)
-        # A forked child could outlive the leader: the group goes too.
-        kill_group(self.process.pid, signal.SIGKILL)
+        stop_group(self.process)
         self._log.close()
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process group led by ``process``, SIGKILL it if it lingers."""
+    kill_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid, signal.SIGKILL)
+        process.wait(STOP_TIMEOUT)
+    # A forked child could outlive the leader: the group goes too.
+    kill_group(process.pid, signal.SIGKILL)
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -234,3 +251,144 @@ def start_broker(kind: BrokerKind, workdir: Path, on_group: Callable[[int], None
             raise BrokerStartError(f"{kind.name} {state}; its log:\n{broker.log_tail()}")
         time.sleep(0.05)
     return broker
+
+
+# -- a local cluster -----------------------------------------------------------------
+
+# `raftmq cluster up` prints one "node ID mqtt ADDRESS" line per node once all listen.
+_NODE_LINE = re.compile(r"^node (\S+) mqtt (\S+)$", re.MULTILINE)
+_PLAIN_SCHEMES = ("tcp", "mqtt")
+READY_TIMEOUT = 30.0
+"""Leader election and a first committed claim on every node, on a loaded machine."""
+
+
+@dataclass(eq=False)
+class RunningCluster:
+    """``raftmq cluster up`` and its nodes, one process group; MQTT addresses in node order."""
+
+    process: subprocess.Popen[bytes]
+    addresses: list[Address]
+    log_path: Path
+    _log: IO[bytes]
+
+    def log_tail(self, lines: int = 20) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self) -> None:
+        stop_group(self.process)
+        self._log.close()
+
+
+def free_port_run(length: int) -> int:
+    """A base port whose ``length`` consecutive ports are free now, below the ephemeral range.
+
+    Below it, no outgoing connection (a bench run opens thousands) takes one
+    of them between this check and the nodes' bind.
+    """
+    low = (port_range() or (32768, 60999))[0]
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, low - length)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + length):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise BrokerStartError(f"no run of {length} free ports found below {low}")
+
+
+def parse_mqtt_address(node_id: str, text: str) -> Address:
+    """``tcp://host:port`` (or a bare ``host:port``) as printed by ``cluster up``."""
+    if "://" in text:
+        url = urlsplit(text)
+        if url.scheme not in _PLAIN_SCHEMES or url.hostname is None or url.port is None:
+            raise BrokerStartError(
+                f"node {node_id}: cannot bench {text!r}: raftmq bench speaks plain MQTT over TCP"
+            )
+        return url.hostname, url.port
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise BrokerStartError(f"node {node_id}: cannot read the MQTT address {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def accepts_connect(address: Address, client_id: str) -> bool:
+    """Whether the broker answers an MQTT 3.1.1 CONNECT with CONNACK 0 (a cluster node:
+    only once it can commit the claim)."""
+    try:
+        with socket.create_connection(address, timeout=5.0) as sock:
+            sock.sendall(encode(Connect(client_id, protocol_level=4, keepalive=10), 4))
+            connack = b""
+            while len(connack) < 4:
+                chunk = sock.recv(4 - len(connack))
+                if not chunk:
+                    return False
+                connack += chunk
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:
+        return False
+    return connack[0] == 0x20 and connack[3] == 0
+
+
+def start_cluster(nodes: int, workdir: Path, on_group: Callable[[int], None]) -> RunningCluster:
+    """``raftmq cluster up --nodes N`` on free loopback ports, used as a black box: the
+    addresses it prints, once every node accepts a CONNECT."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = free_port_run(PORTS_PER_NODE * nodes)
+    log_path = workdir / "cluster-up.log"
+    log = log_path.open("wb")
+    command = [
+        str(Path(sys.executable).parent / "raftmq"),
+        "cluster",
+        "up",
+        "--nodes",
+        str(nodes),
+        "--base-port",
+        str(base),
+        "--dir",
+        str(workdir / "cluster"),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    on_group(process.pid)
+    cluster = RunningCluster(process, [], log_path, log)
+    deadline = time.monotonic() + START_TIMEOUT + READY_TIMEOUT
+    try:
+        while len(cluster.addresses) < nodes:
+            found = _NODE_LINE.findall(log_path.read_text(errors="replace"))
+            cluster.addresses = [parse_mqtt_address(n, a) for n, a in found[:nodes]]
+            _check_alive(cluster, deadline, f"print {nodes} node addresses")
+            time.sleep(0.05)
+        for index, address in enumerate(cluster.addresses, 1):
+            while not accepts_connect(address, f"bench-ready-{index}"):
+                _check_alive(cluster, deadline, f"accept a CONNECT on node {index}")
+                time.sleep(0.2)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _check_alive(cluster: RunningCluster, deadline: float, what: str) -> None:
+    if cluster.process.poll() is not None:
+        raise BrokerStartError(
+            f"raftmq cluster up exited with status {cluster.process.returncode}; "
+            f"its output:\n{cluster.log_tail()}"
+        )
+    if time.monotonic() > deadline:
+        raise BrokerStartError(
+            f"raftmq cluster up did not {what} within {START_TIMEOUT + READY_TIMEOUT:g} s; "
+            f"its output:\n{cluster.log_tail()}"
+        )

@@ -13,7 +13,7 @@ import sys
 
 import uvloop
 
-from raftmq.cluster.bench.plan import SCENARIOS, BenchConfig, default_processes
+from raftmq.cluster.bench.plan import SCENARIOS, Address, BenchConfig, default_processes
 from raftmq.cluster.bench.report import render_table
 from raftmq.cluster.bench.runner import BenchError, run_bench
 
@@ -32,6 +32,14 @@ scenarios:
   connect-rate  N clients CONNECT/CONNACK/DISCONNECT on fresh connections for --duration
   ceiling       pairs against the in-process sink: the generator's own ceiling
 
+cluster placement:
+  --sub-host/--sub-port put the subscribers of pairs, fanin, fanout and latency on
+  another node than the publishers (--host/--port). Before the timed run, probes
+  published where the publishers are must reach every subscriber, so that no
+  message is published before its route reached the publishers' node; probes are
+  counted nowhere. --target HOST:PORT, repeated, spreads conns and connect-rate
+  clients over several nodes.
+
 Every message carries its publisher and sequence number; lost, duplicate and
 out-of-order deliveries are counted. The exit status is 0 only for a complete,
 clean run.
@@ -49,6 +57,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--host", default="127.0.0.1", help="broker address (default %(default)s)")
     parser.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
+    parser.add_argument(
+        "--sub-host",
+        help="subscribers connect here, publishers to --host: another node of a cluster "
+        "(default: --host)",
+    )
+    parser.add_argument("--sub-port", type=int, help="subscribers' broker port (default: --port)")
+    parser.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        type=parse_address,
+        default=[],
+        metavar="HOST:PORT",
+        help="conns, connect-rate: a broker address, repeated for several nodes; "
+        "clients round-robin over them (default: --host:--port)",
+    )
     parser.add_argument(
         "--clients", type=int, default=10, help="N of the scenario (default %(default)s)"
     )
@@ -114,6 +138,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.set_defaults(handler=run)
 
 
+def parse_address(text: str) -> Address:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a (host, port) pair."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--target {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         scenario=args.scenario,
@@ -131,6 +164,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         inflight=args.inflight,
         broker_pid=args.broker_pid,
         self_test=args.self_test,
+        sub_host=args.sub_host,
+        sub_port=args.sub_port,
+        targets=tuple(args.targets),
     )
 
 

@@ -50,6 +50,10 @@ PINGREQ = b"\xc0\x00"
 BATCH = 64
 
 _PAYLOAD = struct.Struct(">IIQ")
+# The publisher index of route probes: no publisher of a run has it, so a
+# subscriber tells a probe apart where it already handles unknown publishers,
+# off the path of the counted messages.
+PROBE_PUBLISHER = 0xFFFFFFFF
 _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 3, 4, 5, 6, 7
 _REPLY_TO = {1: b"\x40\x02", 2: b"\x50\x02"}  # PUBACK / PUBREC by the QoS received
 
@@ -70,6 +74,13 @@ def read_varint(data: bytes, off: int, end: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, off
     raise MQTTProtocolError(ReasonCode.MALFORMED_PACKET, "variable byte integer over 4 bytes")
+
+
+def probe_packet(topic: str, level: int) -> bytes:
+    """A QoS 0 PUBLISH that subscribers note as a probe and leave out of every count."""
+    payload = _PAYLOAD.pack(PROBE_PUBLISHER, 0, monotonic_ns())
+    head, tail = encode_publish_parts(topic, payload, 0, False, False, None, level)
+    return head + tail
 
 
 class MQTTClient(asyncio.Protocol):
@@ -382,7 +393,8 @@ class Subscriber(MQTTClient):
     marks finds duplicates, the highest sequence seen so far finds messages
     that arrive after a later one (out of order). What never arrives is
     lost. ``last_ns`` is when the chunk holding the newest new message
-    arrived; latencies use that same arrival time.
+    arrived; latencies use that same arrival time. ``probed_ns`` is when
+    the first route probe arrived; probes are counted nowhere else.
     """
 
     def __init__(
@@ -406,6 +418,7 @@ class Subscriber(MQTTClient):
         self.unique = 0
         self.unexpected = 0
         self.last_ns = 0
+        self.probed_ns = 0
         self._now = 0
         self._latencies = latencies
         self._on_done = on_done
@@ -441,7 +454,10 @@ class Subscriber(MQTTClient):
         pub, seq, sent = _PAYLOAD.unpack_from(data, pos)
         marks = self.marks.get(pub)
         if marks is None or seq >= len(marks):
-            self.unexpected += 1
+            if pub == PROBE_PUBLISHER:
+                self.probed_ns = self.probed_ns or self._now
+            else:
+                self.unexpected += 1
             return
         if marks[seq]:
             self.duplicates[pub] += 1

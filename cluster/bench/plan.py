@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 SCENARIOS = ("pairs", "fanin", "fanout", "latency", "conns", "connect-rate", "ceiling")
 MESSAGE_SCENARIOS = frozenset({"pairs", "fanin", "fanout", "latency", "ceiling"})
+CONNECTION_SCENARIOS = frozenset({"conns", "connect-rate"})
+
+Address = tuple[str, int]
 
 # Publisher index, sequence number and send time (CLOCK_MONOTONIC ns, which
 # every process on the machine shares) open every payload.
@@ -23,6 +26,34 @@ LATENCY_DEFAULT_RATE = 1000.0
 def default_processes() -> int:
     """Half the CPUs: the other half is left to the broker under test."""
     return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """Where each kind of client connects.
+
+    Publishers go to ``publish``, subscribers to ``subscribe`` (another node
+    of a cluster, for cross-node figures), and the clients of ``conns`` and
+    ``connect-rate`` round-robin over ``connect``.
+    """
+
+    publish: Address
+    subscribe: Address
+    connect: tuple[Address, ...]
+
+    @classmethod
+    def single(cls, address: Address) -> Addresses:
+        return cls(address, address, (address,))
+
+    @property
+    def split(self) -> bool:
+        """Subscribers on another address than publishers: routes must be waited for."""
+        return self.subscribe != self.publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +73,18 @@ class BenchConfig:
     inflight: int = 20
     broker_pid: int | None = None
     self_test: bool = False
+    # Unset: the same as host / port.
+    sub_host: str | None = None
+    sub_port: int | None = None
+    # Addresses conns and connect-rate spread their clients over; empty: host / port.
+    targets: tuple[Address, ...] = ()
+
+    @property
+    def addresses(self) -> Addresses:
+        """Where the clients of the run connect, as the options say."""
+        publish = (self.host, self.port)
+        subscribe = (self.sub_host or self.host, self.sub_port or self.port)
+        return Addresses(publish, subscribe, self.targets or (publish,))
 
     @property
     def shape(self) -> str:
@@ -75,6 +118,16 @@ class BenchConfig:
             found.append("--rate must be >= 0, --duration and --timeout > 0")
         if not 1 <= self.inflight <= 65535:
             found.append("--inflight must be between 1 and 65535")
+        placed = self.sub_host is not None or self.sub_port is not None
+        if placed and self.scenario in CONNECTION_SCENARIOS:
+            found.append(f"--sub-host/--sub-port place subscribers; {self.scenario} has none")
+        if self.targets and self.scenario not in CONNECTION_SCENARIOS:
+            found.append(
+                "--target spreads conns and connect-rate clients; message scenarios "
+                "take --host/--port and --sub-host/--sub-port"
+            )
+        if self.against_sink and (placed or self.targets):
+            found.append("the self-test sink is the only broker: no --sub-host/--sub-port/--target")
         if self.against_sink:
             # The sink relays raw bytes from a publisher to the subscribers of
             # its topic: it neither acknowledges PUBLISH nor matches wildcards.
@@ -98,6 +151,8 @@ class SubscriberPlan:
     topic_filter: str
     # publisher index -> messages expected from it
     sources: dict[int, int]
+    # A topic the filter matches, for the route probe before the run.
+    probe_topic: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +160,7 @@ class WorkerSpec:
     worker: int
     scenario: str
     run_id: str
-    host: str
-    port: int
+    addresses: Addresses
     protocol: int
     qos: int
     payload: int
@@ -126,7 +180,7 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def build_specs(cfg: BenchConfig, host: str, port: int, run_id: str) -> list[WorkerSpec]:
+def build_specs(cfg: BenchConfig, addresses: Addresses, run_id: str) -> list[WorkerSpec]:
     """One spec per worker process, clients dealt round-robin.
 
     Publisher i and subscriber i land in the same process; no more processes
@@ -145,13 +199,19 @@ def build_specs(cfg: BenchConfig, host: str, port: int, run_id: str) -> list[Wor
     shape = cfg.shape
     if shape == "pairs":
         publishers = [PublisherPlan(i, f"{prefix}/{i}", counts[i]) for i in range(n)]
-        subscribers = [SubscriberPlan(i, f"{prefix}/{i}", {i: counts[i]}) for i in range(n)]
+        subscribers = [
+            SubscriberPlan(i, f"{prefix}/{i}", {i: counts[i]}, f"{prefix}/{i}") for i in range(n)
+        ]
     elif shape == "fanin":
         publishers = [PublisherPlan(i, f"{prefix}/{i}", counts[i]) for i in range(n)]
-        subscribers = [SubscriberPlan(0, f"{prefix}/#", {i: counts[i] for i in range(n)})]
+        subscribers = [
+            SubscriberPlan(0, f"{prefix}/#", {i: counts[i] for i in range(n)}, f"{prefix}/0")
+        ]
     elif shape == "fanout":
         publishers = [PublisherPlan(0, f"{prefix}/0", cfg.messages)]
-        subscribers = [SubscriberPlan(i, f"{prefix}/0", {0: cfg.messages}) for i in range(n)]
+        subscribers = [
+            SubscriberPlan(i, f"{prefix}/0", {0: cfg.messages}, f"{prefix}/0") for i in range(n)
+        ]
     else:
         connections = list(range(n))
     if publishers and cfg.total_rate:
@@ -163,8 +223,7 @@ def build_specs(cfg: BenchConfig, host: str, port: int, run_id: str) -> list[Wor
             worker=w,
             scenario=cfg.scenario,
             run_id=run_id,
-            host=host,
-            port=port,
+            addresses=addresses,
             protocol=cfg.protocol,
             qos=cfg.qos,
             payload=cfg.payload,

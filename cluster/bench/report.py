@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from raftmq.cluster.bench.plan import BenchConfig
+from raftmq.cluster.bench.plan import CONNECTION_SCENARIOS, BenchConfig
 from raftmq.cluster.bench.worker import PairResult, WorkerResult
 
 Report = dict[str, Any]
@@ -118,6 +118,8 @@ def build_report(
         _connect_rate(report, cfg, results)
     else:
         _messages(report, cfg, results)
+    if cfg.scenario in CONNECTION_SCENARIOS:
+        report["per_target"] = _per_target(results)
     report["ok"] = report["complete"] and not report["errors"] and not report.get("lost")
     for key in ("duplicates", "out_of_order", "unexpected", "rejected", "dropped_connections"):
         report["ok"] = report["ok"] and not report.get(key)
@@ -134,6 +136,7 @@ def _messages(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> 
     last_delivery = max((r.last_delivery_ns for r in results), default=0)
     last_publish = max((r.last_publish_ns for r in results), default=0)
     published = sum(r.progress.published for r in results)
+    probes = sum(r.probes_sent for r in results)
     latencies = _latencies(results)
     elapsed = (last_delivery - first) / 1e9 if first and last_delivery > first else 0.0
     all_finished = all(r.last_publish_ns for r in results if r.sent)
@@ -159,9 +162,20 @@ def _messages(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> 
         latency_ms=percentiles_ms(latencies),
         latency_samples=len(latencies),
         latency_cdf_ms=cdf_ms(latencies) if cfg.scenario == "latency" else None,
+        probes_sent=probes,
+        route_wait_ms=round(max(r.route_wait_ns for r in results) / 1e6, 3) if probes else None,
         per_publisher=_tally(pairs, sent, "publisher"),
         per_subscriber=_tally(pairs, sent, "subscriber"),
     )
+
+
+def _per_target(results: list[WorkerResult]) -> dict[str, int]:
+    """Connections (conns) or cycles (connect-rate) per broker address."""
+    totals: dict[str, int] = {}
+    for result in results:
+        for address, count in result.per_target.items():
+            totals[address] = totals.get(address, 0) + count
+    return totals
 
 
 def _conns(
@@ -262,8 +276,18 @@ def render_table(cfg: BenchConfig, report: Report) -> str:
         for key in ("unexpected", "rejected"):
             if report[key]:
                 rows.append((key, _n(report[key])))
+        if report["probes_sent"]:
+            rows.append(
+                (
+                    "route probes",
+                    f"{_n(report['probes_sent'])} sent, all routes in "
+                    f"{report['route_wait_ms']:.1f} ms (not counted)",
+                )
+            )
         for key, value in (report["latency_ms"] or {}).items():
             rows.append((f"latency {key}", f"{value:.3f} ms"))
+    if len(report.get("per_target", ())) > 1:
+        rows += [(f"  at {address}", _n(count)) for address, count in report["per_target"].items()]
     if report["dropped_connections"]:
         rows.append(("dropped connections", _n(report["dropped_connections"])))
     if not report["complete"]:

@@ -21,7 +21,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TextIO
 
-from raftmq.cluster.bench.plan import BenchConfig, WorkerSpec, build_specs
+from raftmq.cluster.bench.plan import (
+    CONNECTION_SCENARIOS,
+    Addresses,
+    BenchConfig,
+    WorkerSpec,
+    build_specs,
+    format_address,
+)
 from raftmq.cluster.bench.report import Report, build_report
 from raftmq.cluster.bench.sink import Sink
 from raftmq.cluster.bench.worker import Progress, WorkerResult, watch_pipe, worker_main
@@ -56,6 +63,18 @@ def read_rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
+def describe_addresses(cfg: BenchConfig, addresses: Addresses) -> str:
+    """The broker address(es) of a run, as the report names them."""
+    if cfg.scenario in CONNECTION_SCENARIOS:
+        return ", ".join(format_address(a) for a in addresses.connect)
+    if addresses.split:
+        return (
+            f"publishers {format_address(addresses.publish)}, "
+            f"subscribers {format_address(addresses.subscribe)}"
+        )
+    return format_address(addresses.publish)
+
+
 class Run:
     """One benchmark run, from spawning the workers to the report."""
 
@@ -75,14 +94,15 @@ class Run:
     async def execute(self) -> Report:
         cfg = self.cfg
         sink = None
-        host, port, broker = cfg.host, cfg.port, f"{cfg.host}:{cfg.port}"
+        addresses = cfg.addresses
+        broker = describe_addresses(cfg, addresses)
         if cfg.against_sink:
             sink = Sink()
-            host, port = "127.0.0.1", await sink.start()
-            broker = f"self-test sink 127.0.0.1:{port}"
+            addresses = Addresses.single(("127.0.0.1", await sink.start()))
+            broker = f"self-test sink {format_address(addresses.publish)}"
         self.loop.add_signal_handler(signal.SIGINT, self._interrupt)
         try:
-            specs = build_specs(cfg, host, port, secrets.token_hex(3))
+            specs = build_specs(cfg, addresses, secrets.token_hex(3))
             self.expected = sum(
                 n for spec in specs for s in spec.subscribers for n in s.sources.values()
             )

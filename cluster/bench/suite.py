@@ -267,8 +267,38 @@ class BrokerResult:
         }
 
 
-def _trim(report: Report) -> Report:
+def trim_report(report: Report) -> Report:
+    """A report without its per-client rows, to be stored with many others."""
     return {k: v for k, v in report.items() if k not in _DROPPED_KEYS}
+
+
+def bench_process(
+    command: list[str], limit: float, on_group: Callable[[int], None]
+) -> tuple[Report | None, str | None]:
+    """Run one ``raftmq bench ... --json`` in a process group of its own; its report, or
+    why there is none. ``on_group`` gets the group id as soon as it exists."""
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    on_group(process.pid)
+    try:
+        out, err = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        kill_group(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None, f"raftmq bench did not return within {limit:g} s"
+    finally:
+        kill_group(process.pid, signal.SIGKILL)  # stray workers, if any
+    try:
+        return json.loads(out), None
+    except ValueError:
+        tail = " ".join(err.strip().splitlines()[-3:])
+        return None, f"raftmq bench exited {process.returncode} with no report: {tail}"
 
 
 def _share_done_in(report: Report, seconds: float) -> float:
@@ -384,7 +414,7 @@ class Suite:
             ]
             if case.scenario == "conns":
                 command += ["--broker-pid", str(running.pid)]
-            report, error = self._bench(command, timeout + BENCH_GRACE)
+            report, error = bench_process(command, timeout + BENCH_GRACE, self.on_group)
             if report is None and running.process.poll() is not None:
                 error = f"{error}; {broker.name} exited: {running.log_tail(5)}"
         finally:
@@ -394,37 +424,12 @@ class Suite:
             round_,
             size,
             time.monotonic() - began,
-            _trim(report) if report else None,
+            trim_report(report) if report else None,
             error,
         )
         where = f"{label}{case.name} run {round_}/{self.runs} {broker.name}"
         self.say(f"{where}: {describe(case, run)}")
         return run
-
-    def _bench(self, command: list[str], limit: float) -> tuple[Report | None, str | None]:
-        """Run one ``raftmq bench``; its report, or why there is none."""
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.on_group(process.pid)
-        try:
-            out, err = process.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            kill_group(process.pid, signal.SIGKILL)
-            process.communicate()
-            return None, f"raftmq bench did not return within {limit:g} s"
-        finally:
-            kill_group(process.pid, signal.SIGKILL)  # stray workers, if any
-        try:
-            return json.loads(out), None
-        except ValueError:
-            tail = " ".join(err.strip().splitlines()[-3:])
-            return None, f"raftmq bench exited {process.returncode} with no report: {tail}"
 
 
 def describe(case: Case, run: RunRecord) -> str:

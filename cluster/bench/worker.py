@@ -32,8 +32,15 @@ from raftmq.cluster.bench.client import (
     MQTTClient,
     Publisher,
     Subscriber,
+    probe_packet,
 )
-from raftmq.cluster.bench.plan import PublisherPlan, SubscriberPlan, WorkerSpec
+from raftmq.cluster.bench.plan import (
+    Address,
+    PublisherPlan,
+    SubscriberPlan,
+    WorkerSpec,
+    format_address,
+)
 
 PROGRESS_INTERVAL = 0.5
 PACE_INTERVAL = 0.001
@@ -43,6 +50,10 @@ HANDSHAKE_TIMEOUT = 10.0
 # up in the connection figures.
 CONNECT_CONCURRENCY = 64
 MAX_ERROR_MESSAGES = 5
+# Route probes (subscribers on another address than publishers): how often a
+# probe goes out again, and how long a route may take to reach the publishers.
+PROBE_INTERVAL = 0.02
+PROBE_TIMEOUT = 30.0
 
 _FAILURES = (OSError, HandshakeError, TimeoutError)
 
@@ -88,6 +99,11 @@ class WorkerResult:
     # array("q").tobytes(): message latencies, or handshake times for connect-rate
     latencies: bytes = b""
     errors: list[str] = field(default_factory=list)
+    # Route probes sent, and how long the last subscriber of the worker waited for one.
+    probes_sent: int = 0
+    route_wait_ns: int = 0
+    # conns / connect-rate: connections or cycles per address ("host:port")
+    per_target: dict[str, int] = field(default_factory=dict)
 
 
 def watch_pipe(
@@ -139,6 +155,10 @@ class Worker:
         self.end_ns = 0
         self.pending_tasks = 0
         self.timers: list[asyncio.TimerHandle] = []
+        self.probe_topics: dict[Subscriber, str] = {}
+        self.probes_sent = 0
+        self.route_wait_ns = 0
+        self.per_target = [0] * len(spec.addresses.connect)
 
     async def main(self) -> None:
         watch_pipe(self.loop, self.conn, self._on_command)
@@ -206,9 +226,9 @@ class Worker:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks.append(self.loop.create_task(coro))
 
-    async def _open(self, factory: Callable[[], MQTTClient]) -> MQTTClient:
+    async def _open(self, factory: Callable[[], MQTTClient], address: Address) -> MQTTClient:
         async with self.connect_slots:
-            _, client = await self.loop.create_connection(factory, self.spec.host, self.spec.port)
+            _, client = await self.loop.create_connection(factory, *address)
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                     await client.handshake()
@@ -230,7 +250,10 @@ class Worker:
     # -- phases --------------------------------------------------------------------
 
     async def _setup(self) -> None:
-        """Connect the publishers and subscribe the subscribers of this worker."""
+        """Connect the publishers and subscribe the subscribers of this worker.
+
+        With subscribers on another address, wait until the routes reached the publishers.
+        """
         spec = self.spec
         prefix = f"bench-{spec.run_id}"
         latencies = self.latencies if spec.record_latency else None
@@ -244,11 +267,13 @@ class Worker:
                     plan.sources,
                     latencies,
                     self._check_done,
-                )
+                ),
+                spec.addresses.subscribe,
             )
             assert isinstance(client, Subscriber)
             self.subscribers.append(client)
             await client.subscribe(plan.topic_filter, spec.qos)
+            self.probe_topics[client] = plan.probe_topic
 
         async def publisher(plan: PublisherPlan) -> None:
             client = await self._open(
@@ -262,7 +287,8 @@ class Worker:
                     spec.payload,
                     spec.inflight,
                     self._check_done,
-                )
+                ),
+                spec.addresses.publish,
             )
             assert isinstance(client, Publisher)
             self.publishers.append(client)
@@ -275,6 +301,45 @@ class Worker:
                     group.create_task(publisher(publisher_plan))
         except* _FAILURES as failures:
             raise failures.exceptions[0] from None
+        if spec.addresses.split and self.subscribers:
+            await self._probe_routes()
+
+    async def _probe_routes(self) -> None:
+        """Publish probes where the publishers are until each subscriber here has one.
+
+        SUBACK says the subscriber's own node has the subscription; in a
+        cluster the publishers' node learns the route when it applies the
+        Raft entry, a moment later, and a message published before that
+        finds no route. The timed run starts once every subscriber got a
+        probe published the publishers' way. Probes are QoS 0 and sent
+        again until seen; one arriving late is still counted nowhere.
+        """
+        spec = self.spec
+        publish, subscribe = spec.addresses.publish, spec.addresses.subscribe
+        prober = await self._open(
+            lambda: MQTTClient(f"bench-{spec.run_id}-probe{spec.worker}", spec.protocol), publish
+        )
+        began = monotonic_ns()
+        deadline = began + int(PROBE_TIMEOUT * 1e9)
+        try:
+            while waiting := [s for s in self.subscribers if not s.probed_ns]:
+                topics = dict.fromkeys(self.probe_topics[s] for s in waiting)
+                if monotonic_ns() > deadline:
+                    raise HandshakeError(
+                        f"{waiting[0].client_id} (on {format_address(subscribe)}) got no probe "
+                        f"published on {next(iter(topics))!r} at {format_address(publish)} "
+                        f"within {PROBE_TIMEOUT:g} s; {len(waiting)} subscriber(s) still waiting"
+                    )
+                if prober.lost.done():
+                    raise HandshakeError(prober.error or f"{prober.client_id}: connection closed")
+                assert prober.transport is not None
+                prober.transport.write(b"".join(probe_packet(t, spec.protocol) for t in topics))
+                self.probes_sent += len(topics)
+                await asyncio.sleep(PROBE_INTERVAL)
+            self.route_wait_ns = max(s.probed_ns for s in self.subscribers) - began
+        finally:
+            prober.close()
+            await asyncio.wait([prober.lost], timeout=2.0)
 
     def _run(self) -> None:
         spec = self.spec
@@ -311,36 +376,49 @@ class Worker:
 
     async def _hold_connection(self, index: int) -> None:
         """Open one idle connection for ``conns`` and keep it until ``stop``."""
+        target = index % len(self.per_target)
         try:
             client = await self._open(
-                lambda: MQTTClient(f"bench-{self.spec.run_id}-c{index}", self.spec.protocol)
+                lambda: MQTTClient(f"bench-{self.spec.run_id}-c{index}", self.spec.protocol),
+                self.spec.addresses.connect[target],
             )
         except _FAILURES as exc:
             self._note_error(f"connection {index}: {exc}")
         else:
             self.idle.append(client)
             self.progress.connected += 1
+            self.per_target[target] += 1
             self.end_ns = monotonic_ns()
         self.pending_tasks -= 1
         self._check_done()
 
     async def _cycle_connections(self, index: int, deadline: int) -> None:
-        """CONNECT, CONNACK, DISCONNECT on a fresh TCP connection, again until the deadline."""
+        """CONNECT, CONNACK, DISCONNECT on a fresh TCP connection, again until the deadline.
+
+        Each cycle goes to the next of the connect addresses, so a client
+        visits every node of a cluster in turn.
+        """
         spec = self.spec
+        targets = spec.addresses.connect
         cycle = 0
         while monotonic_ns() < deadline:
             client_id = f"bench-{spec.run_id}-r{index}-{cycle}"
+            target = (index + cycle) % len(targets)
             cycle += 1
             began = monotonic_ns()
             try:
-                client = await self._open(lambda: MQTTClient(client_id, spec.protocol))  # noqa: B023
+                client = await self._open(
+                    lambda: MQTTClient(client_id, spec.protocol),  # noqa: B023
+                    targets[target],
+                )
             except _FAILURES as exc:
-                self._note_error(f"cycle {client_id}: {exc}")
+                self._note_error(f"cycle {client_id} at {format_address(targets[target])}: {exc}")
                 continue
             client.close()
             self.end_ns = monotonic_ns()
             self.latencies.append(self.end_ns - began)
             self.progress.cycles += 1
+            self.per_target[target] += 1
         self.pending_tasks -= 1
         self._check_done()
 
@@ -419,4 +497,10 @@ class Worker:
             end_ns=self.end_ns,
             latencies=self.latencies.tobytes(),
             errors=errors[:MAX_ERROR_MESSAGES],
+            probes_sent=self.probes_sent,
+            route_wait_ns=self.route_wait_ns,
+            per_target={
+                format_address(address): count
+                for address, count in zip(self.spec.addresses.connect, self.per_target, strict=True)
+            },
         )

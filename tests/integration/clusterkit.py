@@ -83,17 +83,23 @@ def start_cluster(
     broker_factory: Callable[..., RunningBroker],
     ids: tuple[str, ...] = IDS,
     per_node: Callable[[str], dict[str, Any]] | None = None,
+    *,
+    grpc_via: Callable[[str, str, str], str] | None = None,
     **extra: Any,
 ) -> Cluster:
     """Nodes (durability memory unless ``extra`` says otherwise), each knowing the others.
 
     ``extra`` keys go into every node's config, then ``per_node(node_id)``'s (its own
     certificate, say); the factory stops the nodes after the test.
+    ``grpc_via(node_id, peer_id, address)`` is the gRPC address ``node_id`` is given for
+    ``peer_id``, whose own is ``address`` (a proxy in front of it, say); by default
+    ``address`` itself.
     """
     base = free_port_run(2 * len(ids))
     raft = {node_id: f"127.0.0.1:{base + 2 * i}" for i, node_id in enumerate(ids)}
     grpc = {node_id: f"127.0.0.1:{base + 2 * i + 1}" for i, node_id in enumerate(ids)}
     cluster = Cluster({}, raft, grpc)
+    via = grpc_via or (lambda _node_id, _peer_id, address: address)
     for node_id in ids:
         config: dict[str, Any] = {
             "node_id": node_id,
@@ -103,7 +109,11 @@ def start_cluster(
             "cluster_secret": SECRET,
             "raft_listen": raft[node_id],
             "grpc_listen": grpc[node_id],
-            "peers": [f"{other}={raft[other]},{grpc[other]}" for other in ids if other != node_id],
+            "peers": [
+                f"{other}={raft[other]},{via(node_id, other, grpc[other])}"
+                for other in ids
+                if other != node_id
+            ],
             **extra,
             **(per_node(node_id) if per_node is not None else {}),
         }

@@ -17,11 +17,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from clusterkit import Cluster, NodeClients
 
 RAFTMQ = str(Path(sys.executable).parent / "raftmq")
 
@@ -37,8 +41,12 @@ pytestmark = [
 
 @dataclass(frozen=True)
 class Mosquitto:
-    port: int
+    ports: tuple[int, ...]
     pid: int
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
 
 
 def _free_port() -> int:
@@ -47,30 +55,50 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    log = (tmp_path / "mosquitto.log").open("w")
+@contextmanager
+def _running_mosquitto(workdir: Path, listeners: int) -> Iterator[Mosquitto]:
+    """Mosquitto listening on ``listeners`` loopback ports: one broker, several addresses."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = tuple(_free_port() for _ in range(listeners))
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        "".join(f"listener {port} 127.0.0.1\n" for port in ports)
+        + "allow_anonymous true\npersistence false\n"
+    )
+    log = (workdir / "mosquitto.log").open("w")
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mosquitto did not start: {(tmp_path / 'mosquitto.log').read_text()}"
-                    )
-                time.sleep(0.05)
-        yield Mosquitto(port, proc.pid)
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(
+                            f"mosquitto did not start: {(workdir / 'mosquitto.log').read_text()}"
+                        )
+                    time.sleep(0.05)
+        yield Mosquitto(ports, proc.pid)
     finally:
         proc.kill()
         proc.wait(START_TIMEOUT)
         log.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    with _running_mosquitto(tmp_path / "mosquitto", 1) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_two_listeners(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Two addresses of one broker: subscribers on one and publishers on the other take
+    the probing path of a cluster, against a broker whose routes are there at SUBACK."""
+    with _running_mosquitto(tmp_path / "mosquitto-2", 2) as broker:
+        yield broker
 
 
 def bench(*args: str) -> tuple[int, dict[str, Any]]:
@@ -364,3 +392,217 @@ def test_targets_are_judged_from_ratios_and_clean_runs() -> None:
     assert status("conns conns", "8,000 B (Mosquitto 700 B)") == MET
     no_loss = found[("no message lost where Mosquitto loses none", "lost in 1 of 4")]
     assert no_loss.status == NOT_MET and "pairs-100-q0 (5 lost)" in no_loss.measured
+
+
+# -- placement: subscribers elsewhere, connections spread ---------------------------------
+
+
+def test_subscribers_at_the_publishers_address_need_no_probe(mosquitto: Mosquitto) -> None:
+    """--sub-host/--sub-port equal to --host/--port: one address, no probing, as before."""
+    status, report = bench(
+        "pairs",
+        "--port", str(mosquitto.port),
+        "--sub-host", "127.0.0.1",
+        "--sub-port", str(mosquitto.port),
+        "--clients", "2",
+        "--messages", "200",
+        "--qos", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["broker"] == f"127.0.0.1:{mosquitto.port}"
+    assert report["delivered"] == report["expected"] == 400
+    assert report["probes_sent"] == 0 and report["route_wait_ms"] is None
+
+
+@pytest.mark.parametrize("protocol", ["4", "5"])
+def test_subscribers_on_another_address_are_probed_and_probes_count_nowhere(
+    mosquitto_two_listeners: Mosquitto, protocol: str
+) -> None:
+    pub_port, sub_port = mosquitto_two_listeners.ports
+    status, report = bench(
+        "latency",
+        "--port", str(pub_port),
+        "--sub-port", str(sub_port),
+        "--protocol", protocol,
+        "--clients", "3",
+        "--rate", "300",
+        "--duration", "1",
+        "--qos", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["broker"] == f"publishers 127.0.0.1:{pub_port}, subscribers 127.0.0.1:{sub_port}"
+    assert report["probes_sent"] >= 3  # one topic per pair, at least once
+    assert report["route_wait_ms"] is not None
+    # Probes are neither messages, nor unexpected, nor latency samples.
+    assert report["delivered"] == report["expected"] == report["published"] == 300
+    assert report["latency_samples"] == 300
+    assert report["unexpected"] == report["lost"] == report["duplicates"] == 0
+
+
+def test_fanout_subscribers_elsewhere_are_probed_once_per_topic(
+    mosquitto_two_listeners: Mosquitto,
+) -> None:
+    pub_port, sub_port = mosquitto_two_listeners.ports
+    status, report = bench(
+        "fanout",
+        "--port", str(pub_port),
+        "--sub-port", str(sub_port),
+        "--clients", "4",
+        "--messages", "100",
+        "--qos", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["delivered"] == 400 and report["unexpected"] == 0
+    assert report["probes_sent"] >= 1
+
+
+def test_subscribers_the_publishers_broker_never_reaches_hold_the_run_back(
+    tmp_path: Path,
+) -> None:
+    """Two unrelated brokers: no probe ever arrives, so no message is published."""
+    with (
+        _running_mosquitto(tmp_path / "a", 1) as publishers,
+        _running_mosquitto(tmp_path / "b", 1) as subscribers,
+    ):
+        status, report = bench(
+            "pairs",
+            "--port", str(publishers.port),
+            "--sub-port", str(subscribers.port),
+            "--clients", "1",
+            "--qos", "1",
+            "--timeout", "3",
+        )  # fmt: skip
+    assert status != 0 and not report["ok"]
+    assert report["stopped_by"] == "timeout during setup"
+    assert report["published"] == 0
+
+
+def test_connect_rate_round_robins_over_targets(mosquitto_two_listeners: Mosquitto) -> None:
+    first, second = (f"127.0.0.1:{port}" for port in mosquitto_two_listeners.ports)
+    status, report = bench(
+        "connect-rate",
+        "--target", first,
+        "--target", second,
+        "--clients", "3",
+        "--duration", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["broker"] == f"{first}, {second}"
+    assert set(report["per_target"]) == {first, second}
+    assert sum(report["per_target"].values()) == report["cycles"] > 0
+    # Each client takes the next address every cycle: the counts differ by at most the clients.
+    assert abs(report["per_target"][first] - report["per_target"][second]) <= 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pairs", "--target", "127.0.0.1:1883"], "--target spreads conns and connect-rate"),
+        (["connect-rate", "--sub-port", "1884"], "connect-rate has none"),
+        (["connect-rate", "--target", "127.0.0.1"], "--target '127.0.0.1': expected HOST:PORT"),
+        (["ceiling", "--sub-port", "1884"], "the self-test sink is the only broker"),
+    ],
+)
+def test_placement_options_that_cannot_apply_are_usage_errors(
+    args: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [RAFTMQ, "bench", *args], capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+@pytest.mark.raftmq_only
+def test_cross_node_runs_in_a_cluster(cluster: Cluster, node_clients: NodeClients) -> None:
+    """Publishers on n1, subscribers on n2; connect-rate over n1, n2, n3. Small and clean."""
+    nodes = [cluster[node_id] for node_id in ("n1", "n2", "n3")]
+    for node in nodes:  # every node can commit a claim: the cluster has a leader
+        node_clients(node, f"ready-{node.port}")
+    n1, n2 = nodes[0], nodes[1]
+    status, report = bench(
+        "pairs",
+        "--port", str(n1.port),
+        "--sub-port", str(n2.port),
+        "--clients", "2",
+        "--messages", "300",
+        "--qos", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["delivered"] == report["expected"] == 600
+    assert report["lost"] == report["duplicates"] == report["out_of_order"] == 0
+    assert report["probes_sent"] >= 2
+
+    status, report = bench(
+        "latency",
+        "--port", str(n1.port),
+        "--sub-port", str(n2.port),
+        "--clients", "2",
+        "--rate", "200",
+        "--duration", "1",
+        "--qos", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert report["latency_samples"] == report["delivered"] == 200
+
+    targets = [f"127.0.0.1:{node.port}" for node in nodes]
+    status, report = bench(
+        "connect-rate",
+        *(arg for target in targets for arg in ("--target", target)),
+        "--clients", "3",
+        "--duration", "1",
+        "--timeout", BENCH_TIMEOUT,
+    )  # fmt: skip
+    assert report["ok"] and status == 0, report["errors"]
+    assert list(report["per_target"]) == targets
+    assert all(count > 0 for count in report["per_target"].values())
+
+
+def test_cluster_addresses_are_read_as_cluster_up_prints_them() -> None:
+    from raftmq.cluster.bench.brokers import BrokerStartError, parse_mqtt_address
+
+    assert parse_mqtt_address("n1", "tcp://127.0.0.1:1883") == ("127.0.0.1", 1883)
+    assert parse_mqtt_address("n2", "127.0.0.1:1886") == ("127.0.0.1", 1886)
+    with pytest.raises(BrokerStartError, match="node n3: cannot bench 'mqtts://"):
+        parse_mqtt_address("n3", "mqtts://127.0.0.1:8883")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.raftmq_only
+def test_bench_cluster_smoke_writes_every_row_and_stops_everything(tmp_path: Path) -> None:
+    """The script's engine at smoke size: 3 cases x 4 placements, clean, JSON and table."""
+    out = tmp_path / "cluster.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "raftmq.cluster.bench.cluster_compare",
+            "--smoke", "--runs", "1", "--json", str(out),
+            "--groups-file", str(tmp_path / "groups"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    cases = {case["name"]: case for case in results["cases"]}
+    assert list(cases) == ["pairs-q1", "latency-q1", "connect-rate"]
+    for case in cases.values():
+        for row in case["placements"]:
+            assert row["clean_runs"] == len(row["runs"]) == 1, (case["name"], row)
+        assert case["placements"][0]["ratio_to_mosquitto"][case["figures"][0]["key"]] == 1.0
+    pairs = {row["placement"]: row for row in cases["pairs-q1"]["placements"]}
+    assert set(pairs) == {"mosquitto", "raftmq", "cluster-same", "cluster-cross"}
+    cross = pairs["cluster-cross"]["runs"][0]["report"]
+    assert cross["probes_sent"] >= 2 and "subscribers" in cross["broker"]
+    assert pairs["cluster-same"]["runs"][0]["report"]["probes_sent"] == 0
+    spread = {row["placement"]: row for row in cases["connect-rate"]["placements"]}
+    assert len(spread["cluster-spread"]["runs"][0]["report"]["per_target"]) == 3
+    assert "| pairs 2 -> 2, 200 msgs each, QoS 1 | Mosquitto | msgs/s |" in done.stdout
+    assert "cluster: pub n1 -> sub n2" in done.stdout
+    _assert_all_stopped(tmp_path / "groups")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clusterkit import free_port_run
 from rawmqtt import CONNACK, PUBACK, PUBLISH, SUBACK, RawClient, ack, connect, publish, subscribe
 
 from raftmq.cluster.local_cluster import LocalClusterError, plan_nodes
@@ -23,32 +23,6 @@ RAFTMQ = str(Path(sys.executable).parent / "raftmq")
 NODES = 3
 UP_TIMEOUT = 40.0
 NO_MATCHING_SUBSCRIBERS = 0x10
-
-
-def free_port_run(length: int) -> int:
-    """A base port whose ``length`` consecutive ports are free right now.
-
-    Looked for below the kernel's ephemeral range: ports there are never handed
-    to outgoing connections, so neither a client of another test nor one left in
-    TIME_WAIT by the suite takes them between this check and the nodes' bind.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, low - length)
-        held = []
-        try:
-            for port in range(base, base + length):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no run of {length} free ports found below {low}")
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ class RecordingCluster(LocalCluster):
         self.calls: list[tuple[object, ...]] = []
         self.unavailable = False
         self.forward_gate: asyncio.Future[None] | None = None
+        self.topic_gates: dict[str, asyncio.Future[None]] = {}
+        """Forwards of these topics wait for their own gate instead of forward_gate."""
 
     async def claim_client(
         self,
@@ -84,7 +86,7 @@ class RecordingCluster(LocalCluster):
 
     def forward(self, message: Message) -> Awaitable[None] | None:
         self.calls.append(("forward", message.topic))
-        return self.forward_gate
+        return self.topic_gates.get(message.topic, self.forward_gate)
 
 
 class Client:
@@ -192,6 +194,36 @@ async def test_qos1_ack_waits_for_forwarding(node: tuple[Broker, RecordingCluste
     cluster.forward_gate.set_result(None)
     ack = await client.receive()
     assert isinstance(ack, Puback) and ack.packet_id == 3 and ack.reason_code == 0
+    client.send(Disconnect())
+    await client.close()
+
+
+async def test_qos1_acks_keep_publish_order_without_blocking_the_connection(
+    node: tuple[Broker, RecordingCluster, int],
+):
+    """A QoS 1 publish waiting for other nodes does not stop the next ones being read and
+    routed, but PUBACKs still go in PUBLISH order (MQTT 4.6)."""
+    _, cluster, port = node
+    loop = asyncio.get_running_loop()
+    slow, fast = loop.create_future(), loop.create_future()
+    cluster.topic_gates = {"remote/slow": slow, "remote/fast": fast}
+    client, _ = await Client.connect(port, "pipelined")
+    client.send(Publish("remote/slow", b"1", qos=1, packet_id=1))
+    client.send(Publish("here/only", b"2", qos=1, packet_id=2))
+    client.send(Publish("remote/fast", b"3", qos=1, packet_id=3))
+    client.send(Pingreq())
+    assert isinstance(await client.receive(), Pingresp), "the connection kept reading"
+    assert [c for c in cluster.calls if c[0] == "forward"] == [
+        ("forward", "remote/slow"),
+        ("forward", "here/only"),
+        ("forward", "remote/fast"),
+    ], "all three routed at once, in order"
+    fast.set_result(None)
+    with pytest.raises(asyncio.TimeoutError):
+        await client.receive(timeout=0.3)  # 3 is done, but 1 is not: nothing may overtake it
+    slow.set_result(None)
+    acks = [await client.receive() for _ in range(3)]
+    assert [(type(a), a.packet_id) for a in acks] == [(Puback, 1), (Puback, 2), (Puback, 3)]
     client.send(Disconnect())
     await client.close()
 
