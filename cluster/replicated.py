@@ -20,13 +20,20 @@ so each group gets each message once cluster-wide.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from raftmq.node.hooks import Claim, ClusterUnavailable, NodeEvents, SessionTransfer
+from raftmq.node.hooks import (
+    Claim,
+    ClusterUnavailable,
+    NodeEvents,
+    SessionMessages,
+    SessionTransfer,
+)
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
@@ -86,6 +93,9 @@ class Forwarder(Protocol):
 
     def hand_over(self, node_id: str, handover: Handover) -> Awaitable[None]:
         """Move a session's messages to ``node_id``; done when it has taken them."""
+
+    def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
+        """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,24 +227,28 @@ class RaftCluster:
             holder = "nobody" if owner is None else f"node {owner.node_id}"
             raise ClusterUnavailable(f"client {client_id!r} was claimed by {holder} meanwhile")
         self._claims[client_id] = result.epoch
+        previous = result.previous_owner
+        if previous is not None and previous != self.node_id:
+            # The previous node disconnects the client when it applies the claim; the kick
+            # gets there first when that node's Raft lags, so the old connection goes sooner.
+            self._background(_kick(self._forwarder.kick(previous, client_id, result.epoch)))
         return result
 
-    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+    def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
         record = claim.session
         if not isinstance(record, SessionRecord):
             return None
-        transfer = SessionTransfer(
-            record.expiry_interval, dict(subscription_from(s) for s in record.subscriptions)
-        )
+        subscriptions = dict(subscription_from(s) for s in record.subscriptions)
+        return SessionTransfer(record.expiry_interval, subscriptions)
+
+    async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
         previous = claim.previous_owner
-        if previous is None or previous == self.node_id:
-            return transfer
+        if claim.session is None or previous is None or previous == self.node_id:
+            return None
         handover = await self._handover_from(previous, client_id, claim.epoch)
-        if handover is not None:
-            transfer.queued = handover.queued
-            transfer.outgoing = handover.outgoing
-            transfer.incoming_qos2 = handover.incoming_qos2
-        return transfer
+        if handover is None:
+            return None
+        return SessionMessages(handover.queued, handover.outgoing, handover.incoming_qos2)
 
     async def _handover_from(self, node_id: str, client_id: str, epoch: int) -> Handover | None:
         """The hand-over ``node_id`` sends once it applies our claim; None if it never comes
@@ -423,14 +437,14 @@ class RaftCluster:
             return
         ours = result.previous_owner == self.node_id
         resumed = ours and result.session is not None
-        transfer = node.surrender_session(command.client_id, result.epoch, resumed)
+        held = node.surrender_session(command.client_id, result.epoch, resumed)
         if not resumed:
             return
         handover = Handover(command.client_id, result.epoch)
-        if transfer is not None:
-            handover.queued = transfer.queued
-            handover.outgoing = transfer.outgoing
-            handover.incoming_qos2 = transfer.incoming_qos2
+        if held is not None:
+            handover.queued = held.queued
+            handover.outgoing = held.outgoing
+            handover.incoming_qos2 = held.incoming_qos2
         self._background(_wait(self._forwarder.hand_over(command.node_id, handover)))
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
@@ -498,6 +512,12 @@ class RaftCluster:
 
 async def _wait(pending: Awaitable[None]) -> None:
     await pending
+
+
+async def _kick(sent: Awaitable[None]) -> None:
+    """A kick is a shortcut: the claim's commit reaches a node that misses it anyway."""
+    with contextlib.suppress(ClusterUnavailable):
+        await sent
 
 
 def retained_record(message: Message) -> RetainedRecord:

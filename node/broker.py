@@ -23,7 +23,14 @@ from .acl import AccessControl
 from .auth import Authenticator
 from .config import TLS_SCHEMES, Config
 from .connection import CLOSED, CONNECTED, PACKET_ID_BYTES, Disconnected, MQTTConnection
-from .hooks import ClusterHooks, ClusterUnavailable, LocalCluster, SessionTransfer
+from .hooks import (
+    Claim,
+    ClusterHooks,
+    ClusterUnavailable,
+    LocalCluster,
+    SessionMessages,
+    SessionTransfer,
+)
 from .limits import retained_size
 from .listeners import open_listener
 from .message import Message
@@ -361,9 +368,9 @@ class Broker:
             if claim.session is not None and (
                 claim.previous_owner != cfg.node_id or client_id not in self.sessions
             ):
-                transfer = await self.hooks.take_session(client_id, claim)
-                if transfer is not None and conn.state != CLOSED:
-                    await self._take_session(client_id, transfer)
+                transfer = self.hooks.take_session(client_id, claim)
+                if transfer is not None:
+                    await self._take_session(client_id, claim, transfer)
         except ClusterUnavailable:
             conn.connack(ReasonCode.SERVER_UNAVAILABLE)
         if conn.state == CLOSED:
@@ -436,9 +443,13 @@ class Broker:
 
     # -- sessions moving between nodes --------------------------------------
 
-    async def _take_session(self, client_id: str, transfer: SessionTransfer) -> None:
-        """A session the client left on another node (or that this node lost) becomes ours:
-        its subscriptions routed here before CONNACK, its messages queued in order."""
+    async def _take_session(self, client_id: str, claim: Claim, transfer: SessionTransfer) -> None:
+        """A session the client left on another node (or that this node lost) becomes ours.
+
+        Its subscriptions are routed here first, so that what is published from
+        then on reaches it here; then the messages the previous node held go in
+        front of whatever arrived meanwhile.
+        """
         stale = self.sessions.get(client_id)
         if stale is not None:
             self._end_session(stale)
@@ -446,19 +457,20 @@ class Broker:
         await asyncio.gather(
             *(self._add_subscription(client_id, sub) for sub in session.subscriptions.values())
         )
+        held = await self.hooks.handed_over(client_id, claim)
+        if held is not None and self.sessions.get(client_id) is session:
+            for packet_id, entry in held.outgoing.items():
+                session.outgoing[packet_id] = entry
+                session.next_packet_id = packet_id % 0xFFFF + 1
+            session.queue.extendleft(reversed(held.queued))
+            session.queued_bytes += sum(len(d.message.payload) for d in held.queued)
+            session.incoming_qos2 |= held.incoming_qos2
 
     def _session_from(self, client_id: str, transfer: SessionTransfer) -> Session:
-        """A disconnected session holding ``transfer``, registered on this node."""
+        """A disconnected session with ``transfer``'s subscriptions, registered on this node."""
         session = self._new_session(client_id)
         session.expiry_interval = transfer.expiry_interval
         session.subscriptions = dict(transfer.subscriptions)
-        session.incoming_qos2 = set(transfer.incoming_qos2)
-        for packet_id, entry in transfer.outgoing.items():
-            session.outgoing[packet_id] = entry
-            session.next_packet_id = packet_id % 0xFFFF + 1
-        for delivery in transfer.queued:
-            session.queue.append(delivery)
-            session.queued_bytes += len(delivery.message.payload)
         self.sessions[client_id] = session
         return session
 
@@ -481,7 +493,7 @@ class Broker:
 
     def surrender_session(
         self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionTransfer | None:
+    ) -> SessionMessages | None:
         session = self.sessions.get(client_id)
         if session is None:
             return None
@@ -496,18 +508,14 @@ class Broker:
         if not resumed:
             self._end_session(session)
             return None
-        transfer = SessionTransfer(
-            session.expiry_interval,
-            dict(session.subscriptions),
-            list(session.queue),
-            dict(session.outgoing),
-            set(session.incoming_qos2),
+        held = SessionMessages(
+            list(session.queue), dict(session.outgoing), set(session.incoming_qos2)
         )
         # The client came back elsewhere before any will delay ran out: no will (MQTT 5
-        # §3.1.3.2.2), and no expiry here; its messages and subscriptions move with it.
+        # §3.1.3.2.2), and no expiry here; its messages go with it.
         session.will = None
         self._end_session(session)
-        return transfer
+        return held
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         stale = self.sessions.get(client_id)

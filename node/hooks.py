@@ -10,8 +10,10 @@ give up a client (and its session) that connected elsewhere, deliver a
 publish forwarded by a peer, apply a retained message committed anywhere in
 the cluster, adopt the persistent session of a dead node's client.
 
-A persistent session moves as a ``SessionTransfer``: its subscriptions come
-from the replicated state, its messages from the node that held it.
+A persistent session moves in two parts: its ``SessionTransfer``
+(subscriptions, expiry) comes from the replicated state at once, so the new
+node routes its subscriptions before anything else; its ``SessionMessages``
+come from the node that held it, and go before anything that arrived since.
 """
 
 from __future__ import annotations
@@ -48,22 +50,25 @@ class Claim:
     keeps one; opaque to the node (its shape belongs to the cluster implementation)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class SessionTransfer:
-    """A persistent session moving between nodes.
-
-    The subscriptions and expiry are the replicated part; the messages are
-    what its previous owner still held for the client (queued, in flight,
-    QoS 2 ids awaiting PUBREL) and handed over. A session whose previous
-    owner could not hand them over arrives with its subscriptions only.
-    """
+    """The replicated part of a persistent session moving between nodes."""
 
     expiry_interval: int
     subscriptions: dict[str, Subscription]
     """By full topic filter (``$share/group/...`` included)."""
+
+
+@dataclass(slots=True)
+class SessionMessages:
+    """What a session's previous node still held for its client, handed to the next."""
+
     queued: list[Delivery] = field(default_factory=list)
+    """Not yet sent, oldest first."""
     outgoing: dict[int, Outgoing] = field(default_factory=dict)
+    """Sent at QoS 1/2 and not completed, by packet id."""
     incoming_qos2: set[int] = field(default_factory=set)
+    """Ids of QoS 2 publishes from the client awaiting its PUBREL."""
 
 
 class NodeEvents(Protocol):
@@ -74,7 +79,7 @@ class NodeEvents(Protocol):
 
     def surrender_session(
         self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionTransfer | None:
+    ) -> SessionMessages | None:
         """Another node claimed ``client_id`` at ``epoch``: disconnect it here (0x8E).
 
         ``resumed``: the new connection resumes the session. Then the session
@@ -125,11 +130,14 @@ class ClusterHooks(Protocol):
         interval above zero keeps (or starts) a persistent one.
         """
 
-    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
-        """The session ``claim`` resumes, with what its previous owner held for the client.
+    def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+        """The replicated session ``claim`` resumes; None when there is none."""
 
-        None when there is none to resume. Waits (bounded) for the previous
-        owner's hand-over when that was another node.
+    async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
+        """The messages the node that held the session ``claim`` resumes hands over.
+
+        Waits (bounded) for them when that was another node; None when there
+        are none to wait for, or they did not come in time.
         """
 
     async def release_client(self, client_id: str, epoch: int) -> None:
@@ -203,8 +211,11 @@ class LocalCluster:
             self.wills[client_id] = will
         return Claim(epoch, previous)
 
-    async def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+    def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
         return None  # the node's own sessions are all there is
+
+    async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
+        return None
 
     async def save_subscriptions(
         self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]

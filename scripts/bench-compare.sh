@@ -52,31 +52,11 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 
-if [[ $EUID -eq 0 ]]; then
-    as_root=()
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-else
-    as_root=(none)
-fi
-
-# --- raftmq itself --------------------------------------------------------------
-if [[ ! -x .venv/bin/raftmq ]]; then
-    say "no .venv yet: running scripts/setup.sh --no-start"
-    scripts/setup.sh --no-start
-fi
-
-# --- Mosquitto, from Debian -----------------------------------------------------
-if [[ ",$brokers," == *,mosquitto,* ]] && ! command -v mosquitto >/dev/null; then
-    if [[ "${as_root[*]}" == none ]]; then
-        say "Mosquitto is not installed and this needs root; please run:"
-        say "  sudo apt-get install --no-install-recommends mosquitto"
-        exit 2
-    fi
-    say "installing mosquitto from Debian"
-    "${as_root[@]}" apt-get update -qq
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+ensure_raftmq
+if [[ ",$brokers," == *,mosquitto,* ]]; then
+    ensure_mosquitto
 fi
 
 # --- amqtt and matplotlib, in their own venv ------------------------------------
@@ -97,33 +77,7 @@ fi
 ulimit -Sn "$(ulimit -Hn)"
 
 # --- run -------------------------------------------------------------------------
-tmp=$(mktemp -d -t raftmq-bench-compare.XXXXXX)
-# Members of process group $1 that are still running (zombies only wait for a reaper).
-# shellcheck disable=SC2317  # called from cleanup
-running_in_group() { ps -o pid=,stat=,args= -g "$1" 2>/dev/null | awk '$2 !~ /^Z/'; }
-
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-    local pgid alive=()
-    if [[ -f "$tmp/groups" ]]; then
-        while read -r pgid; do
-            if [[ -n "$(running_in_group "$pgid")" ]]; then
-                say "stopping what is left of process group $pgid: $(running_in_group "$pgid")"
-                kill -TERM -- "-$pgid" 2>/dev/null || true
-                alive+=("$pgid")
-            fi
-        done <"$tmp/groups"
-        if ((${#alive[@]})); then
-            sleep 1
-            for pgid in "${alive[@]}"; do
-                kill -KILL -- "-$pgid" 2>/dev/null || true
-            done
-        fi
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+track_process_groups raftmq-bench-compare
 
 extra=()
 if ((need_venv)); then
@@ -131,6 +85,6 @@ if ((need_venv)); then
 fi
 status=0
 .venv/bin/python -m raftmq.cluster.bench.compare \
-    --groups-file "$tmp/groups" --command "scripts/bench-compare.sh $*" \
+    --groups-file "$BENCH_TMP/groups" --command "scripts/bench-compare.sh $*" \
     "${extra[@]}" "$@" || status=$?
 exit "$status"

@@ -1,20 +1,16 @@
 """Clusters of real `raftmq node` processes on loopback, and raw MQTT clients for them.
 
 Raft and gRPC ports must be known to every node before any starts, so they
-come from a run of free ports below the kernel's ephemeral range (never handed
-to outgoing connections, so nothing takes them between the check and the
-nodes' bind). MQTT listeners use port 0 as everywhere else.
+come from a run of free ports below the kernel's ephemeral range (the bench's
+``free_port_run``). MQTT listeners use port 0 as everywhere else.
 """
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rawmqtt import (
@@ -33,6 +29,8 @@ from rawmqtt import (
     subscribe,
 )
 
+from raftmq.cluster.bench.brokers import free_port_run
+
 if TYPE_CHECKING:
     from conftest import RunningBroker
 
@@ -43,27 +41,6 @@ READY_TIMEOUT = 30.0
 NO_MATCHING_SUBSCRIBERS = 0x10
 SERVER_UNAVAILABLE = 0x88
 SESSION_TAKEN_OVER = 0x8E
-
-
-def free_port_run(length: int) -> int:
-    """A base port whose ``length`` consecutive ports are free right now."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, low - length)
-        held = []
-        try:
-            for port in range(base, base + length):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no run of {length} free ports found below {low}")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from raftmq.cluster.state import (
     SetRetained,
     WillRecord,
 )
-from raftmq.node.hooks import Claim, ClusterUnavailable, SessionTransfer
+from raftmq.node.hooks import Claim, ClusterUnavailable, SessionMessages, SessionTransfer
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Outgoing, Subscription
@@ -45,7 +45,7 @@ class RecordingNode:
     def __init__(self) -> None:
         self.kicks: list[tuple[str, int]] = []
         self.surrendered: list[tuple[str, int, bool]] = []
-        self.sessions: dict[str, SessionTransfer] = {}
+        self.sessions: dict[str, SessionMessages] = {}
         self.forwarded: list[Message] = []
         self.retained: dict[str, Message] = {}
         self.retained_calls: list[tuple[str, Message | None]] = []
@@ -66,7 +66,7 @@ class RecordingNode:
 
     def surrender_session(
         self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionTransfer | None:
+    ) -> SessionMessages | None:
         self.surrendered.append((client_id, epoch, resumed))
         return self.sessions.pop(client_id, None)
 
@@ -84,6 +84,12 @@ class LoopbackForwarder:
         default_factory=list
     )
     handovers: list[tuple[str, Handover]] = field(default_factory=list)
+
+    def kick(self, node_id: str, client_id: str, epoch: int) -> asyncio.Future[None]:
+        self.nodes[node_id].kick_client(client_id, epoch)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
         self.handovers.append((node_id, handover))
@@ -166,6 +172,7 @@ async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None
     await eventually(lambda: told in cluster.nodes["n1"].surrendered, 5, "n1 gave it up")
     await eventually(lambda: told in cluster.nodes["n3"].surrendered, 5, "n3 told")
     assert told not in cluster.nodes["n2"].surrendered, "a claim never takes from its own node"
+    assert ("c1", second.epoch) in cluster.nodes["n1"].kicks, "kicked ahead of its Raft apply"
     assert not cluster.forwarder.handovers, "no session to hand over"
     await n2.release_client("c1", second.epoch)
     assert n2.state.owner_of("c1") is None
@@ -193,20 +200,20 @@ async def test_a_persistent_session_follows_its_client(cluster: Cluster) -> None
     await n1.save_subscriptions("p1", claim.epoch, {"$share/g/b": shared})
     queued = Delivery(Message.create("a/x", b"missed", 1, False), 1, False)
     in_flight = Outgoing(Delivery(Message.create("a/y", b"unacked", 2, False), 2, False))
-    cluster.nodes["n1"].sessions["p1"] = SessionTransfer(3600, {}, [queued], {7: in_flight}, {3})
+    cluster.nodes["n1"].sessions["p1"] = SessionMessages([queued], {7: in_flight}, {3})
 
     resumed = await n3.claim_client("p1", clean_start=False, expiry_interval=60)
     assert resumed.previous_owner == "n1"
-    transfer = await n3.take_session("p1", resumed)
+    transfer = n3.take_session("p1", resumed)
+    held = await n3.handed_over("p1", resumed)
 
-    assert transfer is not None
-    assert transfer.expiry_interval == 3600
-    assert transfer.subscriptions == {"a/#": plain, "$share/g/b": shared}
-    assert [d.message.payload for d in transfer.queued] == [b"missed"]
-    assert {pid: e.delivery.message.payload for pid, e in transfer.outgoing.items()} == {
+    assert transfer == SessionTransfer(3600, {"a/#": plain, "$share/g/b": shared})
+    assert held is not None
+    assert [d.message.payload for d in held.queued] == [b"missed"]
+    assert {pid: e.delivery.message.payload for pid, e in held.outgoing.items()} == {
         7: b"unacked"
     }
-    assert transfer.incoming_qos2 == {3}
+    assert held.incoming_qos2 == {3}
     assert ("p1", resumed.epoch, True) in cluster.nodes["n1"].surrendered
     await n1.save_subscriptions("p1", claim.epoch, {"late": plain})
     assert "late" not in {s.topic_filter for s in n3.state.sessions["p1"].subscriptions}, "fenced"
@@ -224,9 +231,9 @@ async def test_a_resumed_session_whose_owner_is_gone_keeps_its_subscriptions(
     cluster.forwarder.hand_over = lambda node_id, handover: asyncio.sleep(0)  # type: ignore[method-assign]
     n2.handover_timeout = 0.2
     resumed = await n2.claim_client("p2", clean_start=False, expiry_interval=600)
-    transfer = await n2.take_session("p2", resumed)
-    assert transfer is not None
-    assert list(transfer.subscriptions) == ["s/#"] and not transfer.queued
+    transfer = n2.take_session("p2", resumed)
+    assert transfer is not None and list(transfer.subscriptions) == ["s/#"]
+    assert await n2.handed_over("p2", resumed) is None
 
 
 async def test_a_clean_start_resumes_nothing(cluster: Cluster) -> None:
@@ -234,7 +241,8 @@ async def test_a_clean_start_resumes_nothing(cluster: Cluster) -> None:
     claim = await n1.claim_client("p3", clean_start=False, expiry_interval=600)
     await n1.save_subscriptions("p3", claim.epoch, {"s/#": Subscription("s/#", 1)})
     fresh = await n2.claim_client("p3", clean_start=True, expiry_interval=600)
-    assert await n2.take_session("p3", fresh) is None
+    assert n2.take_session("p3", fresh) is None
+    assert await n2.handed_over("p3", fresh) is None
     await eventually(
         lambda: ("p3", fresh.epoch, False) in cluster.nodes["n1"].surrendered, 5, "n1 ends it"
     )
