@@ -337,6 +337,12 @@ class RaftNode:
         else:
             syncobj._doDestroy()
 
+    @property
+    def caught_up(self) -> bool:
+        """This node has applied all the leader had committed when it started: what it
+        applies from now on is news, not a replay of its journal or a catch-up."""
+        return self._ready.is_set()
+
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until this node has applied everything the leader had committed."""
         try:

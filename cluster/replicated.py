@@ -149,6 +149,8 @@ class RaftCluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.handover_timeout = HANDOVER_TIMEOUT
         self._handovers: dict[tuple[str, int], asyncio.Future[Handover]] = {}
+        self._replayed: set[str] = set()
+        """Client ids that other nodes claimed or that moved, seen while catching up."""
         """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
@@ -166,6 +168,7 @@ class RaftCluster:
     async def start(self) -> None:
         await self.raft.start()
         self._background(self._announce())
+        self._background(self._reconcile_when_caught_up())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -238,8 +241,7 @@ class RaftCluster:
         record = claim.session
         if not isinstance(record, SessionRecord):
             return None
-        subscriptions = dict(subscription_from(s) for s in record.subscriptions)
-        return SessionTransfer(record.expiry_interval, subscriptions)
+        return session_transfer(record)
 
     async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
         previous = claim.previous_owner
@@ -423,7 +425,10 @@ class RaftCluster:
         client_id = command.client_id
         if command.node_id != self.node_id:
             self._claims.pop(client_id, None)
-            self._surrender(command, result)
+            if self.raft.caught_up:
+                self._surrender(command, result)
+            else:
+                self._replayed.add(client_id)
         elif applied.orphaned:
             # Our CONNECT gave up on this claim (timeout) but it committed anyway:
             # give the client id back rather than own a client nobody serves.
@@ -462,6 +467,9 @@ class RaftCluster:
         result = applied.result
         if not isinstance(result, NodeDownResult):
             return
+        if not self.raft.caught_up:
+            self._replayed.update(result.released, (cid for cid, _ in result.rehomed))
+            return
         node = self._node
         if command.node_id == self.node_id and node is not None:
             # Declared dead while alive: our clients now belong elsewhere.
@@ -473,12 +481,36 @@ class RaftCluster:
                 record = self.state.sessions.get(client_id)
                 if owner.node_id == self.node_id and record is not None:
                     self._claims[client_id] = owner.epoch
-                    subscriptions = dict(subscription_from(s) for s in record.subscriptions)
-                    transfer = SessionTransfer(record.expiry_interval, subscriptions)
-                    node.adopt_session(client_id, owner.epoch, transfer)
+                    node.adopt_session(client_id, owner.epoch, session_transfer(record))
         if applied.mine:
             for _, will in result.wills:
                 self._publish_will(will)
+
+    async def _reconcile_when_caught_up(self) -> None:
+        """Once the replay of old commands is over, settle the clients they touched.
+
+        Replaying them one by one would act on the past: a session this node
+        restored from disk would be ended by a claim it had long outlived, or a
+        session adopted after a node-down would come back although it moved on.
+        The state as it is now says who owns each client: copies owned
+        elsewhere end here, and sessions this node owns but lacks are adopted.
+        """
+        while not await self.raft.wait_ready(ANNOUNCE_RETRY * 60):
+            pass
+        node = self._node
+        if node is None:
+            return
+        state = self.state
+        for client_id in sorted(self._replayed):
+            owner = state.owners.get(client_id)
+            if owner is None or owner.node_id != self.node_id:
+                node.surrender_session(client_id, state.next_epoch, False)
+                continue
+            self._claims[client_id] = owner.epoch
+            record = state.sessions.get(client_id)
+            if record is not None:
+                node.adopt_session(client_id, owner.epoch, session_transfer(record))
+        self._replayed.clear()
 
     def _publish_will(self, will: WillRecord) -> None:
         """Publish a dead node's client's will as if that node had: here and to routes."""
@@ -553,6 +585,12 @@ def stored_subscription(full_filter: str, sub: Subscription) -> StoredSubscripti
         sub.retain_handling,
         sub.identifier,
     )
+
+
+def session_transfer(record: SessionRecord) -> SessionTransfer:
+    """The node's form of a replicated persistent session."""
+    subscriptions = dict(subscription_from(s) for s in record.subscriptions)
+    return SessionTransfer(record.expiry_interval, subscriptions)
 
 
 def subscription_from(stored: StoredSubscription) -> tuple[str, Subscription]:

@@ -174,7 +174,7 @@ class Broker:
         for stored in state.sessions:
             session = self._restored_session(stored)
             self.sessions[session.client_id] = session
-            for sub in session.subscriptions.values():
+            for sub in list(session.subscriptions.values()):
                 await self._add_subscription(session.client_id, sub)
             if session.will is not None:
                 await self.hooks.register_will(session.client_id, session.will)
@@ -518,9 +518,8 @@ class Broker:
         return held
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
-        stale = self.sessions.get(client_id)
-        if stale is not None:
-            self._end_session(stale)
+        if client_id in self.sessions:
+            return  # already here (restored from this node's store): it has the messages
         session = self._session_from(client_id, transfer)
         self._bind_store(session)
         if session.expiry_interval != NEVER_EXPIRES:
@@ -534,7 +533,7 @@ class Broker:
         self._background(self._subscribe_adopted(session))
 
     async def _subscribe_adopted(self, session: Session) -> None:
-        for sub in session.subscriptions.values():
+        for sub in list(session.subscriptions.values()):
             await self._add_subscription(session.client_id, sub)
 
     # -- sessions and wills -------------------------------------------------

@@ -88,7 +88,10 @@ class NodeEvents(Protocol):
         """
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
-        """Hold a persistent session whose node died (subscribe, queue) until its client returns."""
+        """Hold a persistent session whose node died (subscribe, queue) until its client returns.
+
+        A session this node holds already (restored from its own store) is kept as it is.
+        """
 
     def deliver_forwarded(
         self, message: Message, shared_groups: Collection[SharedGroup] | None = None

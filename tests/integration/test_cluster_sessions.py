@@ -8,6 +8,8 @@ client comes back to (the session hand-over over the forwarding stream).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from clusterkit import (
@@ -17,6 +19,7 @@ from clusterkit import (
     NodeClients,
     published_once_routed,
     resumed_deliveries,
+    start_cluster,
     subscribed,
 )
 from rawmqtt import (
@@ -27,6 +30,9 @@ from rawmqtt import (
     disconnect,
     publish,
 )
+
+if TYPE_CHECKING:
+    from conftest import RunningBroker
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.raftmq_only]
 
@@ -116,3 +122,33 @@ def test_a_clean_start_elsewhere_ends_the_session_everywhere(
         assert time.monotonic() < deadline, "the old subscription outlived its session"
         time.sleep(0.1)
     again.assert_silent(0.5)
+
+
+def test_a_session_moved_to_a_disk_node_survives_its_kill_9(
+    broker_factory: Callable[..., RunningBroker], node_clients: NodeClients
+) -> None:
+    """What a session brings along (subscriptions, queued messages) is journaled on the node
+    it moves to, so that node's crash loses none of it."""
+    cluster = start_cluster(broker_factory, durability="disk")
+    first, _ = node_clients.connect(cluster["n1"], "durable-roamer", **PERSISTENT)
+    subscribed(first, "disk/#", 1)
+    first.send(disconnect())
+    first.close()
+    publisher = node_clients(cluster["n3"], "disk-publisher")
+    sent = [f"queued on n1 {i}".encode() for i in range(3)]
+    for i, payload in enumerate(sent):
+        published_once_routed(publisher, "disk/t", payload, 1, packet_id=i + 1)
+
+    moved, connack = node_clients.connect(cluster["n2"], "durable-roamer", **PERSISTENT)
+    assert connack.session_present
+    assert moved.expect(PUBLISH, timeout=10).payload == sent[0]  # not acknowledged
+    cluster["n2"].kill()
+    cluster["n2"].restart()
+
+    back, connack = node_clients.connect(cluster["n2"], "durable-roamer", **PERSISTENT)
+    assert connack.session_present, "node 2 kept the session it took over"
+    got = resumed_deliveries(back, len(sent))
+    assert [payload for payload, _, _ in got] == sent
+    assert got[0][2], "the one sent before the crash comes again with DUP"
+    published_once_routed(publisher, "disk/t", b"after the crash", 1, packet_id=9)
+    assert resumed_deliveries(back, 1) == [(b"after the crash", 1, False)]

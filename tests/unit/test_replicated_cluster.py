@@ -210,9 +210,7 @@ async def test_a_persistent_session_follows_its_client(cluster: Cluster) -> None
     assert transfer == SessionTransfer(3600, {"a/#": plain, "$share/g/b": shared})
     assert held is not None
     assert [d.message.payload for d in held.queued] == [b"missed"]
-    assert {pid: e.delivery.message.payload for pid, e in held.outgoing.items()} == {
-        7: b"unacked"
-    }
+    assert {pid: e.delivery.message.payload for pid, e in held.outgoing.items()} == {7: b"unacked"}
     assert held.incoming_qos2 == {3}
     assert ("p1", resumed.epoch, True) in cluster.nodes["n1"].surrendered
     await n1.save_subscriptions("p1", claim.epoch, {"late": plain})
@@ -389,3 +387,25 @@ async def test_status_counts_what_the_state_holds(cluster: Cluster) -> None:
     assert (status.clients, status.routes, status.retained) == (1, 1, 1)
     assert status.raft.leader in IDS
     assert status.raft.node_id == "n1"
+
+
+async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
+    cluster: Cluster,
+) -> None:
+    """Claims a restarted node replays are history: it acts once, after catching up, on who
+    owns each client now, not on every claim it replays."""
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    await n1.claim_client("moved", clean_start=False, expiry_interval=600)
+    await n2.claim_client("moved", clean_start=False, expiry_interval=600)
+    kept = await n2.claim_client("stayed-on-n2", clean_start=False, expiry_interval=600)
+    await cluster.stop("n3")
+    await n1.claim_client("moved", clean_start=False, expiry_interval=600)
+    n3 = cluster.add("n3")
+    await n3.start()
+    await n3.raft.wait_ready(10)
+    await eventually(lambda: cluster.nodes["n3"].surrendered, 10, "n3 settled after catching up")
+    await cluster.trio.converged()
+    surrendered = cluster.nodes["n3"].surrendered
+    assert sorted(cid for cid, _, _ in surrendered) == ["moved", "stayed-on-n2"], "once each"
+    assert all(not resumed for _, _, resumed in surrendered), "ended here, not handed over"
+    assert all(epoch > kept.epoch for _, epoch, _ in surrendered), "fenced above every claim"
