@@ -33,6 +33,7 @@ from raftmq.node.hooks import (
     NodeEvents,
     SessionMessages,
     SessionTransfer,
+    SharedGroup,
 )
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
@@ -69,10 +70,6 @@ DEFAULT_PLAN_CACHE_SIZE = 65_536
 ANNOUNCE_RETRY = 1.0
 HANDOVER_TIMEOUT = 3.0
 """How long a CONNECT that resumes a session from another node waits for its messages."""
-
-
-SharedGroup = tuple[str, str]
-"""(share group name, topic filter) of a ``$share/group/filter`` subscription."""
 
 
 class Forwarder(Protocol):
@@ -149,9 +146,9 @@ class RaftCluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.handover_timeout = HANDOVER_TIMEOUT
         self._handovers: dict[tuple[str, int], asyncio.Future[Handover]] = {}
+        """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
-        """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -208,17 +205,6 @@ class RaftCluster:
         expiry_interval: int = 0,
         will: Will | None = None,
     ) -> Claim:
-        result = await self.claim(client_id, clean_start, expiry_interval, will)
-        return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
-
-    async def claim(
-        self,
-        client_id: str,
-        clean_start: bool = True,
-        expiry_interval: int = 0,
-        will: Will | None = None,
-    ) -> ClaimResult:
-        """Claim ``client_id`` for this node; the result carries its persistent session."""
         record = None if will is None else will_record(will)
         command = ClaimClient(client_id, self.node_id, clean_start, expiry_interval, record)
         result = await self.raft.submit(command)
@@ -235,7 +221,7 @@ class RaftCluster:
             # The previous node disconnects the client when it applies the claim; the kick
             # gets there first when that node's Raft lags, so the old connection goes sooner.
             self._background(_kick(self._forwarder.kick(previous, client_id, result.epoch)))
-        return result
+        return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
 
     def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
         record = claim.session
@@ -256,9 +242,7 @@ class RaftCluster:
         """The hand-over ``node_id`` sends once it applies our claim; None if it never comes
         (that node is down: the session resumes with its subscriptions only)."""
         key = (client_id, epoch)
-        future = self._handovers.get(key)
-        if future is None:
-            future = self._handovers[key] = asyncio.get_running_loop().create_future()
+        future, _ = self._handover_future(key)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.handover_timeout)
         except TimeoutError:
@@ -280,13 +264,21 @@ class RaftCluster:
         claim first); it is kept for a while, then dropped with a warning.
         """
         key = (handover.client_id, handover.epoch)
-        future = self._handovers.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._handovers[key] = loop.create_future()
-            loop.call_later(2 * self.handover_timeout, self._drop_untaken, key, origin)
+        future, new = self._handover_future(key)
+        if new:
+            asyncio.get_running_loop().call_later(
+                2 * self.handover_timeout, self._drop_untaken, key, origin
+            )
         if not future.done():
             future.set_result(handover)
+
+    def _handover_future(self, key: tuple[str, int]) -> tuple[asyncio.Future[Handover], bool]:
+        """The future a hand-over meets its CONNECT in, and whether it was just made."""
+        future = self._handovers.get(key)
+        if future is not None:
+            return future, False
+        future = self._handovers[key] = asyncio.get_running_loop().create_future()
+        return future, True
 
     def _drop_untaken(self, key: tuple[str, int], origin: str) -> None:
         future = self._handovers.get(key)
@@ -478,13 +470,11 @@ class RaftCluster:
                 node.kick_client(client_id, result.fence_epoch)
         if node is not None:
             for client_id, owner in result.rehomed:
-                record = self.state.sessions.get(client_id)
-                if owner.node_id == self.node_id and record is not None:
-                    self._claims[client_id] = owner.epoch
-                    node.adopt_session(client_id, owner.epoch, session_transfer(record))
-        if applied.mine:
+                if owner.node_id == self.node_id:
+                    self._adopt(node, client_id, owner.epoch)
+        if applied.mine and node is not None:
             for _, will in result.wills:
-                self._publish_will(will)
+                node.publish_will(Will(*will))
 
     async def _reconcile_when_caught_up(self) -> None:
         """Once the replay of old commands is over, settle the clients they touched.
@@ -506,23 +496,16 @@ class RaftCluster:
             if owner is None or owner.node_id != self.node_id:
                 node.surrender_session(client_id, state.next_epoch, False)
                 continue
-            self._claims[client_id] = owner.epoch
-            record = state.sessions.get(client_id)
-            if record is not None:
-                node.adopt_session(client_id, owner.epoch, session_transfer(record))
+            self._adopt(node, client_id, owner.epoch)
         self._replayed.clear()
 
-    def _publish_will(self, will: WillRecord) -> None:
-        """Publish a dead node's client's will as if that node had: here and to routes."""
-        props = {k: v for k, v in will.properties.items() if k != "will_delay_interval"}
-        message = Message.create(will.topic, will.payload, will.qos, will.retain, props)
-        if will.retain:
-            self._background(self.set_retained(will.topic, message if will.payload else None))
-        if self._node is not None:
-            self._node.deliver_forwarded(message)
-        pending = self.forward(message)
-        if pending is not None:
-            self._background(_wait(pending))
+    def _adopt(self, node: NodeEvents, client_id: str, epoch: int) -> None:
+        """This node owns ``client_id`` at ``epoch`` without having connected it: hold its
+        persistent session, if it has one."""
+        self._claims[client_id] = epoch
+        record = self.state.sessions.get(client_id)
+        if record is not None:
+            node.adopt_session(client_id, epoch, session_transfer(record))
 
     def _on_restored(self, state: ClusterState) -> None:
         """A snapshot replaced the state: resync what per-command events would have done."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .hooks import ClusterUnavailable
 from .reason_codes import ReasonCode
@@ -49,7 +49,7 @@ class OrderedAcks:
 
     def add(
         self, pending: Awaitable[None] | None, send: Callable[[], None]
-    ) -> Awaitable[None] | None:
+    ) -> Coroutine[Any, Any, None] | None:
         """``send`` the acknowledgement once ``pending`` (None: nothing) and all before it are
         done. Returns an awaitable to wait on before reading more, when the queue is full."""
         conn = self._conn

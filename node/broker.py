@@ -45,6 +45,7 @@ from .packets import (
     Subscribe,
     Unsuback,
     Unsubscribe,
+    Will,
 )
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
@@ -581,13 +582,18 @@ class Broker:
             return
         if session.store is not None:
             session.store.save_session(session)
+        self.publish_will(will)
+        self._background(self.hooks.register_will(session.client_id, None))
+
+    def publish_will(self, will: Will) -> None:
         props = {k: v for k, v in will.properties.items() if k != "will_delay_interval"}
         message = Message.create(will.topic, will.payload, will.qos, will.retain, props)
         self.stats.wills_published += 1
         if will.retain and self._retained_fits(message):
             self._background(self.hooks.set_retained(will.topic, message if will.payload else None))
-        self.route(message)
-        self._background(self.hooks.register_will(session.client_id, None))
+        _, pending = self.route(message)
+        if pending is not None:
+            self._background(_settle(pending))
 
     def _end_session(self, session: Session, release_epoch: int | None = None) -> None:
         """The session is over: a pending delayed will goes now (MQTT 5 §3.1.3.2.2).
@@ -662,8 +668,7 @@ class Broker:
         if (acl is not None and not acl.may_publish(conn.username, conn.client_id, topic)) or (
             topic.startswith("$SYS")  # the node's own reports; nobody may forge them
         ):
-            self._refuse_publish(conn, packet)
-            return None
+            return self._refuse_publish(conn, packet)
         self.stats.messages_received += 1
         message = Message.create(topic, packet.payload, qos, packet.retain, props, conn.client_id)
         if packet.retain:
@@ -673,24 +678,37 @@ class Broker:
         self._publishing = None
         if qos == 0:
             return None if pending is None else _wait_for_room(pending)
-        if qos == 1:
-            if pending is None and not conn.ordered_acks:
+        if pending is None:
+            if qos == 2 or not conn.ordered_acks:
                 self._ack(conn, packet, matched)
                 return None
-            return self._ack_in_order(conn, pending, partial(self._ack, conn, packet, matched or 1))
-        if pending is not None:
-            return self._ack_after(conn, packet, pending, matched)
-        self._ack(conn, packet, matched)
-        return None
+        elif qos == 2:
+            return self._ack_after(conn, packet, pending)
+        # Another node taking it counts as a match.
+        send = partial(self._ack, conn, packet, matched if pending is None else matched or 1)
+        return self._ack_in_order(conn, pending, send)
 
     def _ack_in_order(
         self, conn: MQTTConnection, pending: Awaitable[None] | None, send: Callable[[], None]
-    ) -> Awaitable[None] | None:
-        """Queue a QoS 1 acknowledgement behind the ones still waiting (see acks.py)."""
+    ) -> Coroutine[Any, Any, None] | None:
+        """Send a QoS 1 acknowledgement now, or queue it behind those still waiting for
+        other nodes (see acks.py); the result, when not None, is to await before reading on."""
         acks = conn.ordered_acks
+        if pending is None and not acks:
+            send()
+            return None
         if acks is None:
             acks = conn.ordered_acks = OrderedAcks(conn, self.config.receive_maximum)
         return acks.add(pending, send)
+
+    def _answer(
+        self, conn: MQTTConnection, packet: Publish, send: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Acknowledge ``packet`` with ``send``, in order if it is QoS 1."""
+        if packet.qos == 1:
+            return self._ack_in_order(conn, None, send)
+        send()
+        return None
 
     async def _publish_retained(
         self, conn: MQTTConnection, packet: Publish, message: Message
@@ -702,27 +720,30 @@ class Broker:
             assert packet.packet_id is not None
             ack = Puback if packet.qos == 1 else Pubrec
             problem = conn.problem("retained message limit reached")
-            conn.send(ack(packet.packet_id, ReasonCode.QUOTA_EXCEEDED, problem))
-            return
-        with self._awaiting_cluster(conn):
-            if store:
-                await self.hooks.set_retained(message.topic, message if message.payload else None)
-            matched, pending = self.route(message)
-            if pending is not None:
-                await pending
-        if packet.qos == 1 and conn.ordered_acks:
-            room = self._ack_in_order(conn, None, partial(self._ack, conn, packet, matched))
-            if room is not None:
-                await room
-        elif packet.qos:
-            self._ack(conn, packet, matched)
+            reply = ack(packet.packet_id, ReasonCode.QUOTA_EXCEEDED, problem)
+            room = self._answer(conn, packet, partial(conn.send, reply))
+        else:
+            with self._awaiting_cluster(conn):
+                if store:
+                    retained = message if message.payload else None
+                    await self.hooks.set_retained(message.topic, retained)
+                matched, pending = self.route(message)
+                if pending is not None:
+                    await pending
+                    matched = matched or 1
+            if not packet.qos:
+                return
+            room = self._answer(conn, packet, partial(self._ack, conn, packet, matched))
+        if room is not None:
+            await room
 
     async def _ack_after(
-        self, conn: MQTTConnection, packet: Publish, pending: Awaitable[None], matched: int
+        self, conn: MQTTConnection, packet: Publish, pending: Awaitable[None]
     ) -> None:
+        """QoS 2: PUBREC once other nodes took it; the next PUBLISH waits (see acks.py)."""
         with self._awaiting_cluster(conn):
             await pending
-        self._ack(conn, packet, matched or 1)
+        self._ack(conn, packet, 1)
 
     @contextmanager
     def _awaiting_cluster(self, conn: MQTTConnection) -> Iterator[None]:
@@ -737,22 +758,19 @@ class Broker:
         finally:
             conn.incoming_pending -= 1
 
-    def _refuse_publish(self, conn: MQTTConnection, packet: Publish) -> None:
+    def _refuse_publish(
+        self, conn: MQTTConnection, packet: Publish
+    ) -> Coroutine[Any, Any, None] | None:
         """A denied PUBLISH (ACL, or a $SYS topic): v5 learns why (0x87); v3 has no way to
         say so, so the message is acknowledged and dropped, as Mosquitto does."""
         if not packet.qos:
-            return
+            return None
         if conn.protocol_level != 5:
-            send = partial(self._ack, conn, packet, 1)
-        else:
-            assert packet.packet_id is not None
-            ack = Puback if packet.qos == 1 else Pubrec
-            reply = ack(packet.packet_id, ReasonCode.NOT_AUTHORIZED, conn.problem("not authorized"))
-            send = partial(conn.send, reply)
-        if packet.qos == 1 and conn.ordered_acks:
-            self._ack_in_order(conn, None, send)  # behind the PUBACKs still owed
-        else:
-            send()
+            return self._answer(conn, packet, partial(self._ack, conn, packet, 1))
+        assert packet.packet_id is not None
+        ack = Puback if packet.qos == 1 else Pubrec
+        reply = ack(packet.packet_id, ReasonCode.NOT_AUTHORIZED, conn.problem("not authorized"))
+        return self._answer(conn, packet, partial(conn.send, reply))
 
     def _retained_fits(self, message: Message) -> bool:
         """Whether storing ``message`` as retained stays within the node's retained limits.
@@ -1045,6 +1063,11 @@ class Broker:
         if retain:
             self.apply_retained(topic, message)
         self.deliver_local(message)
+
+
+async def _settle(pending: Awaitable[None]) -> None:
+    """Wait for other nodes to take a message nobody is waiting to acknowledge."""
+    await pending
 
 
 async def _wait_for_room(pending: Awaitable[None]) -> None:

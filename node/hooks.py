@@ -100,12 +100,14 @@ class NodeEvents(Protocol):
 
         ``shared_groups`` are the (group, topic filter) share groups this node was
         chosen to serve for the message: only those get it here, so that each group
-        gets it once cluster-wide. None serves every local group (a publish made on
-        the cluster's behalf here, such as a dead node's will).
+        gets it once cluster-wide. None serves every local group.
         """
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         """A retained message was set (or cleared, with None) cluster-wide."""
+
+    def publish_will(self, will: Will) -> None:
+        """Publish a will as this node publishes its own clients' (a dead node's client's)."""
 
 
 class ClusterHooks(Protocol):

@@ -50,12 +50,22 @@ class RecordingNode:
         self.retained: dict[str, Message] = {}
         self.retained_calls: list[tuple[str, Message | None]] = []
         self.adopted: list[tuple[str, int, SessionTransfer]] = []
+        self.hooks: RaftCluster | None = None
 
     def kick_client(self, client_id: str, epoch: int) -> None:
         self.kicks.append((client_id, epoch))
 
     def deliver_forwarded(self, message: Message) -> None:
         self.forwarded.append(message)
+
+    def publish_will(self, will: Will) -> None:
+        """As a broker publishes one: here, to the routes, and retained when asked."""
+        assert self.hooks is not None
+        message = Message.create(will.topic, will.payload, will.qos, will.retain, will.properties)
+        self.deliver_forwarded(message)
+        self.hooks.forward(message)
+        if will.retain:
+            asyncio.get_running_loop().create_task(self.hooks.set_retained(will.topic, message))
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         self.retained_calls.append((topic, message))
@@ -124,7 +134,7 @@ class Cluster:
         hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
         node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
         hooks.attach(node)
-        self.hooks[node_id] = self.forwarder.clusters[node_id] = hooks
+        node.hooks = self.hooks[node_id] = self.forwarder.clusters[node_id] = hooks
         return hooks
 
     async def start(self, *ids: str) -> None:
@@ -394,18 +404,21 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
 ) -> None:
     """Claims a restarted node replays are history: it acts once, after catching up, on who
     owns each client now, not on every claim it replays."""
-    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
-    await n1.claim_client("moved", clean_start=False, expiry_interval=600)
-    await n2.claim_client("moved", clean_start=False, expiry_interval=600)
-    kept = await n2.claim_client("stayed-on-n2", clean_start=False, expiry_interval=600)
-    await cluster.stop("n3")
-    await n1.claim_client("moved", clean_start=False, expiry_interval=600)
-    n3 = cluster.add("n3")
-    await n3.start()
-    await n3.raft.wait_ready(10)
-    await eventually(lambda: cluster.nodes["n3"].surrendered, 10, "n3 settled after catching up")
+    leader = (await cluster.trio.leader()).node_id
+    restarted = next(n for n in IDS if n != leader)  # stopping the leader would stall claims
+    a, b = (cluster.hooks[n] for n in IDS if n != restarted)
+    await a.claim_client("moved", clean_start=False, expiry_interval=600)
+    await b.claim_client("moved", clean_start=False, expiry_interval=600)
+    kept = await b.claim_client("stayed-on-b", clean_start=False, expiry_interval=600)
+    await cluster.stop(restarted)
+    await a.claim_client("moved", clean_start=False, expiry_interval=600)
+    back = cluster.add(restarted)
+    await back.start()
+    await back.raft.wait_ready(10)
+    node = cluster.nodes[restarted]
+    await eventually(lambda: node.surrendered, 10, "the restarted node settled after catching up")
     await cluster.trio.converged()
-    surrendered = cluster.nodes["n3"].surrendered
-    assert sorted(cid for cid, _, _ in surrendered) == ["moved", "stayed-on-n2"], "once each"
+    surrendered = node.surrendered
+    assert sorted(cid for cid, _, _ in surrendered) == ["moved", "stayed-on-b"], "once each"
     assert all(not resumed for _, _, resumed in surrendered), "ended here, not handed over"
     assert all(epoch > kept.epoch for _, epoch, _ in surrendered), "fenced above every claim"
