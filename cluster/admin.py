@@ -43,7 +43,7 @@ from .forwarding import PeerStatus
 from .frames import FrameError
 from .raft import CommandRejected
 from .replicated import RaftCluster
-from .rpc import NodeTLS, unwrap, wrap
+from .rpc import NodeTLS, keyed_proof, text_metadata, unwrap, wrap
 
 log = logging.getLogger("raftmq.cluster.admin")
 
@@ -83,16 +83,9 @@ class AdminRejected(Exception):
     """An admin call failed authentication; the message says which check failed."""
 
 
-def _key(secret: bytes) -> bytes:
-    """A key for admin calls alone (see the module docstring)."""
-    return hashlib.sha256(b"raftmq admin\0" + secret).digest()
-
-
 def _proof(secret: bytes, method: str, node_id: str, stamp: str, nonce: str, body: bytes) -> str:
-    text = "\n".join(
-        ["raftmq-admin-v1", method, node_id, stamp, nonce, hashlib.sha256(body).hexdigest()]
-    )
-    return hmac.new(_key(secret), text.encode(), hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(body).hexdigest()
+    return keyed_proof(secret, "admin", [method, node_id, stamp, nonce, digest])
 
 
 def call_metadata(
@@ -130,7 +123,7 @@ class CallChecker:
 
     def check(self, method: str, metadata: Metadata | None, body: bytes) -> None:
         """Return if the call is authentic, fresh and new; else raise ``AdminRejected``."""
-        values = {key: value for key, value in metadata or () if isinstance(value, str)}
+        values = text_metadata(metadata)
         missing = [k for k in (NODE_KEY, TIME_KEY, NONCE_KEY, AUTH_KEY) if not values.get(k)]
         if missing:
             raise AdminRejected(f"no {missing[0]} in the call's metadata")
@@ -423,7 +416,7 @@ class AdminClient:
         try:
             answer = await call(wrap(raw), metadata=metadata, timeout=self._timeout)
         except aio.AioRpcError as exc:
-            trailing = {k: v for k, v in exc.trailing_metadata() or () if isinstance(v, str)}
+            trailing = text_metadata(exc.trailing_metadata())
             details = exc.details() or "no details"
             raise AdminCallFailed(
                 self.node_id, self.address, exc.code(), details, trailing.get(LEADER_KEY) or None

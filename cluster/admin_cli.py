@@ -81,13 +81,9 @@ def cluster_access(config_file: Path | None, directory: Path | None) -> ClusterA
         raise ConfigError(f"{path}: no 'cluster_secret': not the config of a cluster node")
     addresses = {config.node_id: config.grpc_listen}
     addresses.update((peer.node_id, peer.grpc) for peer in config.peers)
-    tls = None
-    if config.cluster_tls_ca and config.cluster_tls_cert and config.cluster_tls_key:
-        from .certgen import load_node_tls
-        from .rpc import NodeTLS
+    from .rpc import NodeTLS  # here: grpc loads only for the commands that call nodes
 
-        files = (config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key)
-        tls = NodeTLS(*load_node_tls(config.node_id, *files))
+    tls = NodeTLS.of_node(config)
     secret = config.cluster_secret.encode()
     return ClusterAccess(path, config.node_id, addresses, secret, tls)
 

@@ -24,6 +24,7 @@ from .forwarding import Forwarder, ForwardingSettings
 from .frames import Handover, SharedGroup
 from .raft import RaftNode, RaftOptions
 from .replicated import RaftCluster
+from .rpc import NodeTLS
 
 log = logging.getLogger("raftmq.cluster")
 
@@ -97,15 +98,7 @@ def build_cluster(
     secret = config.cluster_secret
     if secret is None or config.raft_listen is None or config.grpc_listen is None:
         raise ValueError("build_cluster needs cluster_secret, raft_listen and grpc_listen")
-    tls = None
-    if config.cluster_tls_ca and config.cluster_tls_cert and config.cluster_tls_key:
-        # Checked before Raft starts anything. Imported here: only nodes with node TLS
-        # load cryptography.
-        from .certgen import load_node_tls
-        from .rpc import NodeTLS
-
-        files = (config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key)
-        tls = NodeTLS(*load_node_tls(config.node_id, *files))
+    tls = NodeTLS.of_node(config)  # checked before Raft starts anything
     raft_peers = {peer.node_id: peer.raft for peer in config.peers}
     raft = RaftNode(
         config.node_id, config.raft_listen, raft_peers, config.data_dir, secret, raft_options

@@ -24,10 +24,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from raftmq.node.config import NODE_ID_ALLOWED, NODE_ID_PATTERN, ConfigError
+from raftmq.node.files import write_atomically
 
 log = logging.getLogger("raftmq.cluster")
 
@@ -82,6 +81,21 @@ def new_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs) only; a leaf signs TLS handshakes only."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def make_ca(common_name: str = "raftmq development CA", days: int = CA_DAYS) -> Issued:
     """A self-signed CA that may sign leaf certificates only (path length 0)."""
     key = new_key()
@@ -95,20 +109,7 @@ def make_ca(common_name: str = "raftmq development CA", days: int = CA_DAYS) -> 
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -161,20 +162,7 @@ def make_certificate(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -188,25 +176,6 @@ def make_certificate(
     return Issued(key, builder.sign(ca.key, hashes.SHA256()))
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary file created with ``mode``, then rename over ``path``.
-
-    mkstemp creates the file 0600 already, so a key is never readable by
-    others, not even between creation and chmod.
-    """
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_key(path: Path, key: PrivateKey) -> None:
     """Write a private key (PKCS#8 PEM, unencrypted) readable by its owner only."""
     data = key.private_bytes(
@@ -214,11 +183,11 @@ def write_key(path: Path, key: PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(path, data, 0o600)
+    write_atomically(path, data, 0o600)
 
 
 def write_cert(path: Path, *certs: x509.Certificate) -> None:
-    _write_atomically(
+    write_atomically(
         path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), 0o644
     )
 
@@ -227,6 +196,13 @@ def write_issued(directory: Path, stem: str, issued: Issued) -> None:
     """``stem.crt`` and ``stem.key`` in ``directory``."""
     write_cert(directory / f"{stem}.crt", issued.cert)
     write_key(directory / f"{stem}.key", issued.key)
+
+
+def _refuse_existing(paths: Iterable[Path]) -> None:
+    """FileExistsError naming those of ``paths`` that exist, before anything is written."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} already exist (use --force to replace)")
 
 
 def init(
@@ -242,9 +218,8 @@ def init(
     must not silently replace a CA that clients already trust.
     """
     paths = [directory / name for name in FILES]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} already exist (use --force to replace)")
+    if not force:
+        _refuse_existing(paths)
     directory.mkdir(parents=True, exist_ok=True)
     server_names = [*DEFAULT_SERVER_NAMES, *names]
     ca = make_ca()
@@ -373,9 +348,7 @@ def issue_node_files(
         raise ValueError("no node id given")
     wanted = {node_id: node_files(directory, node_id) for node_id in ids}
     if if_exists == "refuse":
-        existing = [str(p) for f in wanted.values() for p in (f.cert, f.key) if p.exists()]
-        if existing:
-            raise FileExistsError(f"{', '.join(existing)} already exist (use --force to replace)")
+        _refuse_existing(p for f in wanted.values() for p in (f.cert, f.key))
     ca_paths = [directory / CA_CERT, directory / CA_KEY]
     written: list[Path] = []
     if any(p.exists() for p in ca_paths):

@@ -18,9 +18,9 @@ import argparse
 import getpass
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from raftmq.node.files import write_atomically
 from raftmq.node.passwords import hash_password, split_line
 
 EXIT_FAILURE = 1
@@ -73,18 +73,7 @@ def _write(path: Path, lines: list[str]) -> None:
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         mode = 0o600
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write("".join(line + "\n" for line in lines))
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"), mode)
 
 
 def _read_password(from_stdin: bool) -> bytes:

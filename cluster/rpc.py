@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from .frames import MAX_FRAME_BYTES, FrameError
+
+if TYPE_CHECKING:
+    from raftmq.node.config import Config
 
 SERVICE = "raftmq.forwarding.v1.Forwarding"
 METHOD = "Stream"
@@ -97,16 +101,26 @@ class Hello:
     incarnation: int
 
 
-def _key(secret: bytes) -> bytes:
-    """A key for forwarding alone, so the raw secret (also the Raft password) never serves here."""
-    return hashlib.sha256(b"raftmq forwarding\0" + secret).digest()
+def keyed_proof(secret: bytes, purpose: str, fields: Sequence[str]) -> str:
+    """HMAC-SHA256 over ``fields`` with a key derived from ``secret`` for ``purpose`` alone.
+
+    The raw secret (also the Raft password) never serves as a key, and a proof
+    made for one purpose (forwarding, admin) never passes for another's.
+    """
+    key = hashlib.sha256(f"raftmq {purpose}\0".encode() + secret).digest()
+    text = "\n".join([f"raftmq-{purpose}-v1", *fields])
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def _proof(
     secret: bytes, role: str, sender: str, receiver: str, incarnations: Sequence[int]
 ) -> str:
-    text = "\n".join(["raftmq-forwarding-v1", role, sender, receiver, *map(str, incarnations)])
-    return hmac.new(_key(secret), text.encode(), hashlib.sha256).hexdigest()
+    return keyed_proof(secret, "forwarding", [role, sender, receiver, *map(str, incarnations)])
+
+
+def text_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    """The text entries of gRPC metadata by key; binary (``-bin``) values are left out."""
+    return {key: value for key, value in metadata or () if isinstance(value, str)}
 
 
 def hello_metadata(
@@ -136,7 +150,7 @@ def check_hello(
     receiver_incarnation: int | None = None,
 ) -> Hello:
     """Parse and authenticate the metadata a peer sent us; ``PeerRejected`` if it fails."""
-    values = {key: value for key, value in metadata or () if isinstance(value, str)}
+    values = text_metadata(metadata)
     sender = values.get(NODE_KEY)
     raw_incarnation = values.get(INCARNATION_KEY, "")
     if not sender:
@@ -182,6 +196,17 @@ class NodeTLS:
     @classmethod
     def from_files(cls, ca: str | Path, cert: str | Path, key: str | Path) -> NodeTLS:
         return cls(Path(ca).read_bytes(), Path(cert).read_bytes(), Path(key).read_bytes())
+
+    @classmethod
+    def of_node(cls, config: Config) -> NodeTLS | None:
+        """The node TLS ``config`` names (cluster_tls_*), checked; None when it names none."""
+        if not (config.cluster_tls_ca and config.cluster_tls_cert and config.cluster_tls_key):
+            return None
+        # Imported here: only nodes with node TLS load cryptography.
+        from .certgen import load_node_tls
+
+        files = (config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key)
+        return cls(*load_node_tls(config.node_id, *files))
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(

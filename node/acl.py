@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 
 from .config import ConfigError
+from .files import read_text
 from .topics import split_levels
 
 DECISION_CACHE_SIZE = 65_536
@@ -232,17 +233,7 @@ class AccessControl:
         self._decisions: dict[tuple[bool, str | None, str, str], bool] = {}
 
     def _read(self) -> AclRules:
-        try:
-            with open(self.path, encoding="utf-8") as file:
-                text = file.read()
-        except OSError as exc:
-            reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
-            raise AclFileError(f"ACL file {self.path}: cannot read: {reason}") from None
-        except UnicodeDecodeError as exc:
-            raise AclFileError(
-                f"ACL file {self.path}: not UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from None
-        return parse_acl(text, self.path)
+        return parse_acl(read_text(self.path, "ACL file", AclFileError), self.path)
 
     def reload(self) -> None:
         """Read the file again; on any error the rules loaded before stay in force."""
@@ -255,25 +246,24 @@ class AccessControl:
         return len(self.rules)
 
     def may_publish(self, username: str | None, client_id: str, topic: str) -> bool:
-        key = (True, username, client_id, topic)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = self._decide(username, client_id, topic, Access.WRITE)
-            self._remember(key, decision)
-        return decision
+        return self._allowed(True, username, client_id, topic)
 
     def may_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
-        key = (False, username, client_id, topic_filter)
+        return self._allowed(False, username, client_id, topic_filter)
+
+    def _allowed(self, publish: bool, username: str | None, client_id: str, topic: str) -> bool:
+        # A bool, not an Access, in the key and the call: on a cache hit (every
+        # PUBLISH but the first per topic) an enum member lookup would cost more
+        # than the rest of the check.
+        key = (publish, username, client_id, topic)
         decision = self._decisions.get(key)
         if decision is None:
-            decision = self._decide(username, client_id, topic_filter, Access.READ)
-            self._remember(key, decision)
+            wanted = Access.WRITE if publish else Access.READ
+            decision = self._decide(username, client_id, topic, wanted)
+            if len(self._decisions) >= DECISION_CACHE_SIZE:
+                self._decisions = {}
+            self._decisions[key] = decision
         return decision
-
-    def _remember(self, key: tuple[bool, str | None, str, str], decision: bool) -> None:
-        if len(self._decisions) >= DECISION_CACHE_SIZE:
-            self._decisions = {}
-        self._decisions[key] = decision
 
     def _decide(self, username: str | None, client_id: str, topic: str, wanted: Access) -> bool:
         rules = self._rules_for(username, client_id)
@@ -294,7 +284,7 @@ class AccessControl:
         applicable = list(rules.everyone)
         if username is not None:
             applicable += rules.per_user.get(username, ())
-        dangerous = any(c in name for name in (username or "", client_id) for c in "+#")
+        dangerous = any(c in name for name in (username or "", client_id) for c in _WILDCARD_CHARS)
         for rule in rules.patterns:
             if "%u" in rule.topic_filter and username is None:
                 continue

@@ -26,6 +26,7 @@ import secrets
 from dataclasses import dataclass
 
 from .config import ConfigError
+from .files import read_text
 
 SCRYPT_N = 1 << 14
 """CPU/memory cost: 16 MiB and ~40 ms per check. Higher makes a CONNECT storm of
@@ -165,16 +166,7 @@ class PasswordFile:
         self.users = self._read()
 
     def _read(self) -> dict[str, PasswordHash]:
-        try:
-            with open(self.path, encoding="utf-8") as file:
-                lines = file.read().splitlines()
-        except OSError as exc:
-            reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
-            raise PasswordFileError(f"password file {self.path}: cannot read: {reason}") from None
-        except UnicodeDecodeError as exc:
-            raise PasswordFileError(
-                f"password file {self.path}: not UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from None
+        lines = read_text(self.path, "password file", PasswordFileError).splitlines()
         users: dict[str, PasswordHash] = {}
         for number, line in enumerate(lines, 1):
             where = f"{self.path}:{number}"

@@ -87,6 +87,20 @@ def status_when(node: RunningBroker, ready: Callable[[Status], bool], what: str)
     raise AssertionError(f"not within {SETTLE_TIMEOUT:g} s: {what}; last status: {last}")
 
 
+def leader_of(node: RunningBroker) -> str:
+    """The Raft leader ``node`` names, once it names one."""
+    leader: str = status_when(node, lambda r: r["leader"] is not None, "a leader")["leader"]
+    return leader
+
+
+def node_down(dead: str, via: RunningBroker) -> Status:
+    """``raftmq cluster node-down dead`` with ``via``'s config; its JSON report."""
+    done = raftmq_cluster("node-down", dead, "--config", config_of(via), "--json")
+    assert done.returncode == 0, done.stderr
+    report: Status = json.loads(done.stdout)
+    return report
+
+
 def has_route(report: Status, topic_filter: str, node_id: str) -> bool:
     return any(
         route["filter"] == topic_filter and node_id in route["nodes"] for route in report["routes"]
@@ -144,7 +158,7 @@ def test_status_shows_members_leader_commit_index_routes_and_stream_health(
 def test_node_down_makes_the_leader_publish_the_wills_of_a_killed_node(
     cluster: Cluster, node_clients: NodeClients
 ) -> None:
-    leader = status_when(cluster["n1"], lambda r: r["leader"] is not None, "a leader")["leader"]
+    leader = leader_of(cluster["n1"])
     dead, watcher_node = (node_id for node_id in IDS if node_id != leader)
     watcher = node_clients(cluster[watcher_node], "will-watcher")
     subscribed(watcher, "wills/#", 1)
@@ -157,9 +171,7 @@ def test_node_down_makes_the_leader_publish_the_wills_of_a_killed_node(
     )
 
     cluster[dead].kill()
-    done = raftmq_cluster("node-down", dead, "--config", config_of(cluster[watcher_node]), "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = node_down(dead, via=cluster[watcher_node])
     assert (report["node"], report["leader"], report["already_down"]) == (dead, leader, False)
     assert report["wills"] == ["will-maker"]
     assert report["released"] == ["will-maker"] and report["rehomed"] == {}
@@ -174,7 +186,7 @@ def test_node_down_makes_the_leader_publish_the_wills_of_a_killed_node(
 def test_node_down_rehomes_a_persistent_session_that_queues_until_its_client_returns(
     cluster: Cluster, node_clients: NodeClients
 ) -> None:
-    leader = status_when(cluster["n1"], lambda r: r["leader"] is not None, "a leader")["leader"]
+    leader = leader_of(cluster["n1"])
     dead = next(node_id for node_id in IDS if node_id != leader)
     persistent = {"clean": False, "properties": [(SESSION_EXPIRY_INTERVAL, 600)]}
     homeless = node_clients(cluster[dead], "homeless", **persistent)
@@ -184,9 +196,7 @@ def test_node_down_rehomes_a_persistent_session_that_queues_until_its_client_ret
 
     cluster[dead].kill()
     survivor = next(node_id for node_id in IDS if node_id not in (leader, dead))
-    done = raftmq_cluster("node-down", dead, "--config", config_of(cluster[survivor]), "--json")
-    assert done.returncode == 0, done.stderr
-    rehomed = json.loads(done.stdout)["rehomed"]
+    rehomed = node_down(dead, via=cluster[survivor])["rehomed"]
     assert set(rehomed) == {"homeless"} and rehomed["homeless"] in (leader, survivor)
     home = rehomed["homeless"]
 
@@ -202,7 +212,7 @@ def test_node_down_rehomes_a_persistent_session_that_queues_until_its_client_ret
 
 
 def test_node_down_refuses_the_leader_and_unknown_nodes(cluster: Cluster) -> None:
-    leader = status_when(cluster["n1"], lambda r: r["leader"] is not None, "a leader")["leader"]
+    leader = leader_of(cluster["n1"])
     refused = raftmq_cluster("node-down", leader, "--config", config_of(cluster["n1"]))
     assert refused.returncode == 1
     assert f"node {leader} is the Raft leader" in refused.stderr
@@ -215,7 +225,7 @@ def test_node_down_refuses_the_leader_and_unknown_nodes(cluster: Cluster) -> Non
 def test_after_kill_9_of_the_leader_acked_subscriptions_receive_and_connects_succeed(
     cluster: Cluster, node_clients: NodeClients
 ) -> None:
-    old = status_when(cluster["n1"], lambda r: r["leader"] is not None, "a leader")["leader"]
+    old = leader_of(cluster["n1"])
     sub_node, pub_node = (node_id for node_id in IDS if node_id != old)
     subscriber = node_clients(cluster[sub_node], "survivor-sub")
     subscribed(subscriber, "after/#", 1)  # SUBACK: acknowledged before the kill

@@ -223,6 +223,16 @@ def test_silent_client_is_closed_during_the_handshake(
         assert 0.5 < time.monotonic() - started < 5
 
 
+def assert_connects(port: int, context: ssl.SSLContext, prefix: str) -> None:
+    """A client with ``context`` completes the handshake and its CONNECT succeeds."""
+    client = TlsRawClient(port, context)
+    try:
+        client.send(connect_packet(unique(prefix)))
+        assert client.expect(CONNACK).reason_code == 0
+    finally:
+        client.close()
+
+
 def test_server_context_floor_is_tls_1_2(certs: CertSet) -> None:
     config = load_config(None, {"listen": "mqtts://127.0.0.1:0", **certs.node_keys()})
     assert build_server_context(config).minimum_version == MINIMUM_VERSION
@@ -245,13 +255,7 @@ def test_tls_1_1_client_is_refused(broker_factory: BrokerFactory, certs: CertSet
     refusal = str(info.value)
     assert "ALERT_PROTOCOL_VERSION" in refusal or "UNEXPECTED_EOF" in refusal, refusal
     # The same client allowed TLS 1.2 gets in.
-    current = client_context(certs, tls_max=ssl.TLSVersion.TLSv1_2)
-    client = TlsRawClient(port, current)
-    try:
-        client.send(connect_packet(unique("tls12")))
-        assert client.expect(CONNACK).reason_code == 0
-    finally:
-        client.close()
+    assert_connects(port, client_context(certs, tls_max=ssl.TLSVersion.TLSv1_2), "tls12")
 
 
 # -- mutual TLS --------------------------------------------------------------
@@ -296,13 +300,9 @@ def mtls_port(broker_factory: BrokerFactory, certs: CertSet) -> int:
 def test_client_certificate_from_the_ca_is_accepted(
     mtls_port: int, certs: CertSet, version: ssl.TLSVersion
 ) -> None:
-    context = client_context(certs, certs.files("client"), tls_max=version)
-    client = TlsRawClient(mtls_port, context)
-    try:
-        client.send(connect_packet(unique("mtls")))
-        assert client.expect(CONNACK).reason_code == 0
-    finally:
-        client.close()
+    assert_connects(
+        mtls_port, client_context(certs, certs.files("client"), tls_max=version), "mtls"
+    )
 
 
 def test_mosquitto_client_certificate_is_accepted(mtls_port: int, certs: CertSet) -> None:
