@@ -20,6 +20,7 @@ from typing import Any
 
 import capnp
 
+from raftmq.node.hooks import SharedGroup
 from raftmq.node.message import Message
 from raftmq.node.packets import Properties
 from raftmq.node.session import Delivery, Outgoing
@@ -68,13 +69,16 @@ FORWARDED_PROPERTIES = frozenset(
 )
 """The PUBLISH properties a frame carries: all of them but the per-hop ones."""
 
+_VALUE_PROPERTIES = (
+    ("content_type", "contentType"),
+    ("response_topic", "responseTopic"),
+    ("correlation_data", "correlationData"),
+)
+"""Properties carried as a ``none``/``value`` union: (property name, schema field)."""
+
 
 class FrameError(Exception):
     """A peer sent bytes that are not a valid frame: the peer (or its version) is broken."""
-
-
-SharedGroup = tuple[str, str]
-"""(share group name, topic filter) of a ``$share/group/filter`` subscription."""
 
 
 @dataclass(slots=True)
@@ -172,15 +176,10 @@ def _fill_properties(out: Any, message: Message, now: float) -> None:
     value = props.get("payload_format_indicator")
     if value is not None:
         out.payloadFormat.indicator = value
-    value = props.get("content_type")
-    if value is not None:
-        out.contentType.value = value
-    value = props.get("response_topic")
-    if value is not None:
-        out.responseTopic.value = value
-    value = props.get("correlation_data")
-    if value is not None:
-        out.correlationData.value = value
+    for key, name in _VALUE_PROPERTIES:
+        value = props.get(key)
+        if value is not None:
+            getattr(out, name).value = value
     pairs = props.get("user_property")
     if pairs:
         slots = out.init("userProperties", len(pairs))
@@ -285,12 +284,10 @@ def _read_properties(src: Any, props: Properties, now: float) -> float | None:
         if indicator > 1:
             raise FrameError(f"payload format indicator {indicator}")
         props["payload_format_indicator"] = indicator
-    if src.contentType._which_str() == "value":
-        props["content_type"] = src.contentType.value
-    if src.responseTopic._which_str() == "value":
-        props["response_topic"] = src.responseTopic.value
-    if src.correlationData._which_str() == "value":
-        props["correlation_data"] = src.correlationData.value
+    for key, name in _VALUE_PROPERTIES:
+        union = getattr(src, name)
+        if union._which_str() == "value":
+            props[key] = union.value
     pairs = src.userProperties
     if len(pairs):
         props["user_property"] = [(pair.key, pair.value) for pair in pairs]

@@ -143,8 +143,6 @@ class RaftStatus:
     has_quorum: bool
     peers: dict[str, bool]
     """Peer node id -> connected."""
-    log_entries_submitted: int
-    commands_submitted: int
 
 
 @dataclass(slots=True)
@@ -202,7 +200,6 @@ def apply_safely(state: ClusterState, command: object) -> object:
 class _Counters:
     log_entries: int = 0
     """Replicated calls sent (a resent batch counts again)."""
-    commands: int = 0
     applied_batches: int = 0
     """Log entries of this group applied here, from any node."""
 
@@ -403,7 +400,6 @@ class RaftNode:
             # oldest one in the batch sets the deadline for all.
             batch.timer = self._loop.call_at(entry[0][2], self._expire, seq)
             self._inflight[seq] = batch
-            self.counters.commands += len(entry)
             self._send(seq)
 
     def _entries(
@@ -555,10 +551,8 @@ class RaftNode:
         syncobj = self._syncobj
         if syncobj is None:
             return RaftStatus(
-                self.node_id, "stopped", None, 0, 0, 0, False,
-                dict.fromkeys(self.peers, False), self.counters.log_entries,
-                self.counters.commands,
-            )  # fmt: skip
+                self.node_id, "stopped", None, 0, 0, 0, False, dict.fromkeys(self.peers, False)
+            )
         raw = syncobj.getStatus()
         leader = raw["leader"]
         peers = {
@@ -574,8 +568,6 @@ class RaftNode:
             last_applied=raw["last_applied"],
             has_quorum=raw["has_quorum"],
             peers=peers,
-            log_entries_submitted=self.counters.log_entries,
-            commands_submitted=self.counters.commands,
         )
 
     @property

@@ -53,6 +53,13 @@ class Trio:
         self.addresses = dict(zip(IDS, free_addresses(len(IDS)), strict=True))
         self.nodes: dict[str, RaftNode] = {}
 
+    async def __aenter__(self) -> Trio:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop every node made, even when the test failed half way."""
+        await self.stop()
+
     def make(self, node_id: str, secret: str = SECRET) -> RaftNode:
         """A new RaftNode for ``node_id`` on its usual address and data dir (not started)."""
         peers = {other: addr for other, addr in self.addresses.items() if other != node_id}

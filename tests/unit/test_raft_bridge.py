@@ -39,13 +39,10 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
-    cluster = Trio(tmp_path)
-    try:
+    async with Trio(tmp_path) as cluster:
         await cluster.start()
         await cluster.leader()
         yield cluster
-    finally:
-        await cluster.stop()
 
 
 async def test_commands_commit_from_every_node_and_apply_everywhere(trio: Trio) -> None:
@@ -91,8 +88,7 @@ async def test_concurrent_submits_in_one_loop_turn_share_one_log_entry(trio: Tri
 async def test_a_batch_over_the_entry_limit_is_split_and_a_huge_command_refused(
     tmp_path: Path,
 ) -> None:
-    trio = Trio(tmp_path, max_entry_bytes=64 * 1024)
-    try:
+    async with Trio(tmp_path, max_entry_bytes=64 * 1024) as trio:
         await trio.start()
         node = await trio.leader()
         entries = node.counters.log_entries
@@ -107,13 +103,10 @@ async def test_a_batch_over_the_entry_limit_is_split_and_a_huge_command_refused(
             await node.submit(SetRetained("huge", RetainedRecord(b"x" * 100_000, 0, {})))
         await trio.converged()
         assert len(trio.nodes["n3"].state.retained) == 8
-    finally:
-        await trio.stop()
 
 
 async def test_a_minority_cannot_commit_and_fails_within_the_bound(tmp_path: Path) -> None:
-    trio = Trio(tmp_path, commit_timeout=1.5)
-    try:
+    async with Trio(tmp_path, commit_timeout=1.5) as trio:
         await trio.start()
         leader = await trio.leader()
         await leader.submit(ClaimClient("before", leader.node_id))
@@ -123,15 +116,12 @@ async def test_a_minority_cannot_commit_and_fails_within_the_bound(tmp_path: Pat
             await leader.submit(ClaimClient("after", leader.node_id))
         assert time.monotonic() - started < 1.5 + 0.5
         assert leader.state.owner_of("after") is None
-    finally:
-        await trio.stop()
 
 
 async def test_a_command_that_commits_after_its_submitter_gave_up_is_orphaned(
     tmp_path: Path,
 ) -> None:
-    trio = Trio(tmp_path, commit_timeout=1.0)
-    try:
+    async with Trio(tmp_path, commit_timeout=1.0) as trio:
         await trio.start()
         leader = await trio.leader()
         seen: list[Applied] = []
@@ -146,15 +136,12 @@ async def test_a_command_that_commits_after_its_submitter_gave_up_is_orphaned(
         applied = next(a for a in seen if a.command == late)
         assert applied.mine and applied.orphaned
         assert isinstance(applied.result, ClaimResult)
-    finally:
-        await trio.stop()
 
 
 async def test_a_restarted_node_replays_its_journal_then_catches_up_from_peers(
     tmp_path: Path,
 ) -> None:
-    trio = Trio(tmp_path)
-    try:
+    async with Trio(tmp_path) as trio:
         await trio.start()
         leader = await trio.leader()
         for i in range(5):
@@ -186,13 +173,10 @@ async def test_a_restarted_node_replays_its_journal_then_catches_up_from_peers(
         await trio.converged()
         leader = await trio.leader()
         assert (await alone.submit(ClaimClient("c", "n3"))).epoch == 11  # type: ignore[attr-defined]
-    finally:
-        await trio.stop()
 
 
 async def test_a_node_far_behind_is_sent_a_snapshot(tmp_path: Path) -> None:
-    trio = Trio(tmp_path, compaction_min_entries=10)
-    try:
+    async with Trio(tmp_path, compaction_min_entries=10) as trio:
         await trio.start()
         await trio.leader()
         await trio.stop("n3")
@@ -220,13 +204,10 @@ async def test_a_node_far_behind_is_sent_a_snapshot(tmp_path: Path) -> None:
         await eventually(lambda: bool(reloaded), 10, "a restarted node loads its own dump")
         await trio.converged(timeout=20)
         assert again.state.nodes_for("f/39") == {leader.node_id}
-    finally:
-        await trio.stop()
 
 
 async def test_a_node_with_the_wrong_secret_is_kept_out(tmp_path: Path) -> None:
-    trio = Trio(tmp_path, commit_timeout=1.5)
-    try:
+    async with Trio(tmp_path, commit_timeout=1.5) as trio:
         await trio.start("n1", "n2")
         intruder = trio.make("n3", secret="another-secret-of-enough-length")
         await intruder.start()
@@ -237,8 +218,6 @@ async def test_a_node_with_the_wrong_secret_is_kept_out(tmp_path: Path) -> None:
         assert intruder.state.owners == {}
         assert intruder.status().peers == {"n1": False, "n2": False}
         assert trio.nodes["n1"].state.owner_of("c2") is None
-    finally:
-        await trio.stop()
 
 
 def test_the_cluster_secret_is_required(tmp_path: Path) -> None:
