@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 COLOURS = {"mosquitto": "#3b6ea5", "amqtt": "#c0843a", "raftmq": "#3a9a5b"}
@@ -137,6 +138,11 @@ def throughput_chart(results: dict[str, Any], out: Path) -> None:
     )
     if reduced:
         note += "; hatched: smaller runs (see BENCHMARKS.md)"
+    _save(fig, results, note, out)
+
+
+def _save(fig: Figure, results: dict[str, Any], note: str, out: Path) -> None:
+    """Write ``fig`` to ``out`` with its footnote, marked as a smoke run if it is one."""
     if results.get("smoke"):
         note = "SMOKE RUN, figures mean nothing; " + note
     fig.text(0.01, 0.01, note, fontsize=7, color="#555")
@@ -199,12 +205,7 @@ def latency_chart(results: dict[str, Any], out: Path) -> None:
     tail_ax.set_title("Tail")
     tail_ax.grid(alpha=0.3, which="both")
     note = f"median run of each broker; {results['generated']}"
-    if results.get("smoke"):
-        note = "SMOKE RUN, figures mean nothing; " + note
-    fig.text(0.01, 0.01, note, fontsize=7, color="#555")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    _save(fig, results, note, out)
 
 
 def main(argv: list[str]) -> int:

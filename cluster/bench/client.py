@@ -411,7 +411,6 @@ class Subscriber(MQTTClient):
         self.sources = sources
         self.marks = {pub: bytearray(count) for pub, count in sources.items()}
         self.highest = dict.fromkeys(sources, -1)
-        self.received = dict.fromkeys(sources, 0)
         self.duplicates = dict.fromkeys(sources, 0)
         self.out_of_order = dict.fromkeys(sources, 0)
         self.expected = sum(sources.values())
@@ -427,9 +426,9 @@ class Subscriber(MQTTClient):
     def finished(self) -> bool:
         return self.unique == self.expected
 
-    @property
-    def total_duplicates(self) -> int:
-        return sum(self.duplicates.values())
+    def received(self, pub: int) -> int:
+        """Distinct messages from publisher ``pub``: counted from the marks, not per message."""
+        return self.marks[pub].count(1)
 
     def data_received(self, data: bytes) -> None:
         self._now = monotonic_ns()
@@ -463,7 +462,6 @@ class Subscriber(MQTTClient):
             self.duplicates[pub] += 1
             return
         marks[seq] = 1
-        self.received[pub] += 1
         if seq < self.highest[pub]:
             self.out_of_order[pub] += 1
         else:

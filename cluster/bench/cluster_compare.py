@@ -51,18 +51,15 @@ from raftmq.cluster.bench.compare import REPO
 from raftmq.cluster.bench.machine import load_average, machine_details
 from raftmq.cluster.bench.plan import Address, format_address
 from raftmq.cluster.bench.suite import (
-    BENCH_GRACE,
-    RAFTMQ,
     BrokerResult,
     Case,
     Metric,
     RunRecord,
-    bench_process,
+    bench_then_stop,
     describe,
     fmt_number,
     headline,
     problems,
-    trim_report,
 )
 
 CLUSTER_NODES = 3
@@ -196,31 +193,14 @@ class ClusterSuite:
         except BrokerStartError as exc:
             self.say(f"{where}: {exc}")
             return RunRecord(placement.key, round_, None, time.monotonic() - began, error=str(exc))
-        try:
-            timeout = RUN_TIMEOUT + case.duration
-            command = [
-                RAFTMQ,
-                "bench",
-                *case.args,
-                *placement.address_args(node_addresses(deployment)),
-                "--timeout",
-                f"{timeout:g}",
-                "--json",
-                "--quiet",
-            ]
-            report, error = bench_process(command, timeout + BENCH_GRACE, self.on_group)
-            if report is None and deployment.process.poll() is not None:
-                error = f"{error}; {placement.deployment} exited: {deployment.log_tail(5)}"
-        finally:
-            deployment.stop()
-        run = RunRecord(
-            placement.key,
-            round_,
-            None,
-            time.monotonic() - began,
-            trim_report(report) if report else None,
-            error,
+        report, error = bench_then_stop(
+            deployment,
+            placement.deployment,
+            [*case.args, *placement.address_args(node_addresses(deployment))],
+            RUN_TIMEOUT + case.duration,
+            self.on_group,
         )
+        run = RunRecord(placement.key, round_, None, time.monotonic() - began, report, error)
         self.say(f"{where}: {describe(case, run)}")
         return run
 

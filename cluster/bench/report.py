@@ -138,9 +138,9 @@ def _messages(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> 
     published = sum(r.progress.published for r in results)
     probes = sum(r.probes_sent for r in results)
     latencies = _latencies(results)
-    elapsed = (last_delivery - first) / 1e9 if first and last_delivery > first else 0.0
+    elapsed = _span_s(first, last_delivery)
     all_finished = all(r.last_publish_ns for r in results if r.sent)
-    publish_time = (last_publish - first) / 1e9 if all_finished and last_publish > first else 0.0
+    publish_time = _span_s(first, last_publish) if all_finished else 0.0
     report.update(
         qos=cfg.qos,
         payload=cfg.payload,
@@ -178,13 +178,23 @@ def _per_target(results: list[WorkerResult]) -> dict[str, int]:
     return totals
 
 
+def _session_s(results: list[WorkerResult]) -> float:
+    """Seconds from the first worker's ``go`` to the last connection made or cycle ended."""
+    start = min((r.start_ns for r in results if r.start_ns), default=0)
+    end = max((r.end_ns for r in results), default=0)
+    return _span_s(start, end)
+
+
+def _span_s(start_ns: int, end_ns: int) -> float:
+    """Seconds between two monotonic stamps; 0 when either is missing or they are out of order."""
+    return (end_ns - start_ns) / 1e9 if start_ns and end_ns > start_ns else 0.0
+
+
 def _conns(
     report: Report, cfg: BenchConfig, results: list[WorkerResult], rss: tuple[int, int] | None
 ) -> None:
     connected = sum(r.progress.connected for r in results)
-    start = min((r.start_ns for r in results if r.start_ns), default=0)
-    end = max((r.end_ns for r in results), default=0)
-    elapsed = (end - start) / 1e9 if start and end > start else 0.0
+    elapsed = _session_s(results)
     report.update(
         connected=connected,
         failed=sum(r.progress.errors for r in results),
@@ -199,9 +209,7 @@ def _conns(
 
 def _connect_rate(report: Report, cfg: BenchConfig, results: list[WorkerResult]) -> None:
     cycles = sum(r.progress.cycles for r in results)
-    start = min((r.start_ns for r in results if r.start_ns), default=0)
-    end = max((r.end_ns for r in results), default=0)
-    elapsed = (end - start) / 1e9 if start and end > start else 0.0
+    elapsed = _session_s(results)
     report.update(
         cycles=cycles,
         failed=sum(r.progress.errors for r in results),

@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from raftmq.cluster.bench.brokers import BrokerKind, BrokerStartError, kill_group, start_broker
+from raftmq.cluster.bench.brokers import (
+    BrokerKind,
+    BrokerStartError,
+    RunningBroker,
+    RunningCluster,
+    kill_group,
+    start_broker,
+)
 
 Report = dict[str, Any]
 
@@ -301,6 +308,28 @@ def bench_process(
         return None, f"raftmq bench exited {process.returncode} with no report: {tail}"
 
 
+def bench_then_stop(
+    target: RunningBroker | RunningCluster,
+    name: str,
+    args: list[str],
+    timeout: float,
+    on_group: Callable[[int], None],
+) -> tuple[Report | None, str | None]:
+    """``raftmq bench ARGS`` against a started ``target``, which is stopped afterwards.
+
+    The report comes back trimmed for storing; with no report from a target
+    that died, the error carries the end of ``name``'s log.
+    """
+    command = [RAFTMQ, "bench", *args, "--timeout", f"{timeout:g}", "--json", "--quiet"]
+    try:
+        report, error = bench_process(command, timeout + BENCH_GRACE, on_group)
+        if report is None and target.process.poll() is not None:
+            error = f"{error}; {name} exited: {target.log_tail(5)}"
+    finally:
+        target.stop()
+    return (trim_report(report) if report else None), error
+
+
 def _share_done_in(report: Report, seconds: float) -> float:
     """The share of a stopped run's work the broker would get through in ``seconds``.
 
@@ -397,36 +426,13 @@ class Suite:
         except BrokerStartError as exc:
             self.say(f"{label}{case.name} run {round_}: {exc}")
             return RunRecord(broker.name, round_, size, time.monotonic() - began, error=str(exc))
-        try:
-            timeout = broker.timeout + case.duration
-            command: list[str] = [
-                RAFTMQ,
-                "bench",
-                *case.resized(size),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(running.port),
-                "--timeout",
-                f"{timeout:g}",
-                "--json",
-                "--quiet",
-            ]
-            if case.scenario == "conns":
-                command += ["--broker-pid", str(running.pid)]
-            report, error = bench_process(command, timeout + BENCH_GRACE, self.on_group)
-            if report is None and running.process.poll() is not None:
-                error = f"{error}; {broker.name} exited: {running.log_tail(5)}"
-        finally:
-            running.stop()
-        run = RunRecord(
-            broker.name,
-            round_,
-            size,
-            time.monotonic() - began,
-            trim_report(report) if report else None,
-            error,
+        args = [*case.resized(size), "--host", "127.0.0.1", "--port", str(running.port)]
+        if case.scenario == "conns":
+            args += ["--broker-pid", str(running.pid)]
+        report, error = bench_then_stop(
+            running, broker.name, args, broker.timeout + case.duration, self.on_group
         )
+        run = RunRecord(broker.name, round_, size, time.monotonic() - began, report, error)
         where = f"{label}{case.name} run {round_}/{self.runs} {broker.name}"
         self.say(f"{where}: {describe(case, run)}")
         return run

@@ -464,7 +464,7 @@ class Worker:
                 s.index,
                 pub,
                 expected,
-                s.received[pub],
+                s.received(pub),
                 s.duplicates[pub],
                 s.out_of_order[pub],
             )
