@@ -1,7 +1,7 @@
 """QoS 1 acknowledgements in PUBLISH order, without a publish waiting for the one before.
 
 A QoS 1 PUBLISH that other nodes must take is acknowledged only once they
-have (design.md, "PUBLISH"). Waiting for that before reading the next PUBLISH
+have (docs/architecture.md, "PUBLISH"). Waiting for that before reading the next PUBLISH
 would allow one message in flight per publisher towards the cluster: the
 publisher's throughput would be one message per inter-node round trip.
 Instead the message is routed at once (so delivery order is publish order),
@@ -20,23 +20,33 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .hooks import ClusterUnavailable
 from .reason_codes import ReasonCode
 
-if TYPE_CHECKING:
-    from .connection import MQTTConnection
-
 log = logging.getLogger("raftmq.connection")
 
 
+class AckingClient(Protocol):
+    """The client whose acknowledgements wait (``protocol.ClientProtocol``)."""
+
+    client_id: str
+    incoming_pending: int
+
+    def pending_started(self) -> None: ...
+
+    def pending_done(self, count: int = 1) -> None: ...
+
+    def disconnect(self, reason: int, detail: str = "") -> None: ...
+
+
 class OrderedAcks:
-    """One connection's acknowledgements that wait for the cluster, oldest first."""
+    """One client's acknowledgements that wait for the cluster, oldest first."""
 
     __slots__ = ("_conn", "_entries", "_room", "_sending", "limit")
 
-    def __init__(self, conn: MQTTConnection, limit: int) -> None:
+    def __init__(self, conn: AckingClient, limit: int) -> None:
         self._conn = conn
         self.limit = limit
         self._entries: deque[tuple[Awaitable[None] | None, Callable[[], None]]] = deque()
@@ -54,7 +64,7 @@ class OrderedAcks:
         done. Returns an awaitable to wait on before reading more, when the queue is full."""
         conn = self._conn
         self._entries.append((pending, send))
-        conn.incoming_pending += 1
+        conn.pending_started()
         if not self._sending:
             self._sending = True
             asyncio.get_running_loop().create_task(self._send_in_order())
@@ -71,7 +81,7 @@ class OrderedAcks:
                 if pending is not None:
                     await pending
                 entries.popleft()
-                conn.incoming_pending -= 1
+                conn.pending_done()
                 send()
                 self._wake()
         except ClusterUnavailable:
@@ -86,7 +96,7 @@ class OrderedAcks:
 
     def _abandon(self) -> None:
         """The connection ends: what it was owed will never be sent."""
-        self._conn.incoming_pending -= len(self._entries)
+        self._conn.pending_done(len(self._entries))
         self._entries.clear()
         self._wake()
 

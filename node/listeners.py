@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import ssl
+from typing import Any
 
-from .config import ListenAddress
-from .connection import MQTTConnection
+from .config import Config, ListenAddress
+from .connection import ClientHandler, MQTTConnection
 from .websocket import WebSocketServerProtocol
 
-if TYPE_CHECKING:
-    from .broker import Broker
 
-
-async def open_listener(broker: Broker, address: ListenAddress) -> tuple[asyncio.Server, str]:
+async def open_listener(
+    node: ClientHandler, config: Config, tls_context: ssl.SSLContext | None, address: ListenAddress
+) -> tuple[asyncio.Server, str]:
     """Bind ``address`` and return the server with the URL it really got (port 0 resolved).
 
     mqtts:// and wss:// are tcp:// and ws:// with the node's TLS context; the
@@ -22,12 +22,12 @@ async def open_listener(broker: Broker, address: ListenAddress) -> tuple[asyncio
     loop = asyncio.get_running_loop()
     tls: dict[str, Any] = {}
     if address.is_tls:
-        if broker.tls_context is None:
+        if tls_context is None:
             raise ValueError(f"listener {address.url()}: no TLS context (tls_cert and tls_key)")
-        tls = {"ssl": broker.tls_context, "ssl_handshake_timeout": broker.config.connect_timeout}
+        tls = {"ssl": tls_context, "ssl_handshake_timeout": config.connect_timeout}
     if address.scheme in ("tcp", "mqtts"):
         server = await loop.create_server(
-            lambda: MQTTConnection(broker, address.scheme),
+            lambda: MQTTConnection(node, config, address.scheme),
             address.host,
             address.port,
             reuse_address=True,
@@ -40,10 +40,9 @@ async def open_listener(broker: Broker, address: ListenAddress) -> tuple[asyncio
         # same max_packet_size as on TCP. A client may still split or batch
         # packets across messages; only one message above the limit is refused.
         # The opening handshake gets connect_timeout, like CONNECT after it.
-        config = broker.config
         server = await loop.create_server(
             lambda: WebSocketServerProtocol(
-                lambda: MQTTConnection(broker, address.scheme),
+                lambda: MQTTConnection(node, config, address.scheme),
                 path=address.path,
                 max_message_size=config.max_packet_size,
                 handshake_timeout=config.connect_timeout,

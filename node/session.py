@@ -18,15 +18,11 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .message import Message
 from .packets import Will
 from .stats import Stats
-
-if TYPE_CHECKING:
-    from .connection import MQTTConnection
-    from .store import SessionStore
 
 NEVER_EXPIRES = 0xFFFFFFFF
 
@@ -64,14 +60,68 @@ class Outgoing:
     """QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP."""
 
 
-class QueueFull(Exception):
-    pass
+class Outbox(Protocol):
+    """The connected client a session sends to (``protocol.ClientProtocol``)."""
+
+    send_window: int
+    """How many QoS 1/2 deliveries may be in flight to the client."""
+    stalled: bool
+    """The client reads nothing: deliveries queue instead."""
+    epoch: int
+    """The cluster claim the connection holds for the client id."""
+
+    def disconnect(self, reason: int, detail: str = "") -> None: ...
+
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> None: ...
+
+    def send_pubrel(self, packet_id: int) -> None: ...
+
+
+class DropObserver(Protocol):
+    """Told of each message a session drops (``extensions.Extensions``); false when idle."""
+
+    def __len__(self) -> int: ...
+
+    def dropped(self, client_id: str, message: Message, reason: str) -> None: ...
+
+
+class SessionJournal(Protocol):
+    """Where a persistent session writes every change that must survive a crash.
+
+    ``store.SessionStore`` implements it; a session without one keeps no journal.
+    """
+
+    def save_session(self, session: Session) -> None: ...
+
+    def delete_session(self, session: Session) -> None:
+        """The session ended: forget it with its subscriptions and deliveries."""
+
+    def save_subscription(self, session: Session, full_filter: str, sub: Subscription) -> None: ...
+
+    def delete_subscription(self, session: Session, full_filter: str) -> None: ...
+
+    def queue_delivery(self, session: Session, delivery: Delivery) -> None:
+        """``delivery`` waits in the session's queue."""
+
+    def send_delivery(self, session: Session, delivery: Delivery, packet_id: int) -> None:
+        """``delivery`` went out as ``packet_id`` and waits for its acknowledgement."""
+
+    def release_delivery(self, session: Session, delivery: Delivery) -> None:
+        """QoS 2: the client's PUBREC came; only PUBREL is resent from now on."""
+
+    def remove_delivery(self, session: Session, delivery: Delivery) -> None:
+        """``delivery`` is done (acknowledged, expired or dropped)."""
+
+    def add_incoming(self, session: Session, packet_id: int) -> None: ...
+
+    def remove_incoming(self, session: Session, packet_id: int) -> None: ...
 
 
 class Session:
     __slots__ = (
         "client_id",
         "connection",
+        "drops",
         "expires_at",
         "expiry_handle",
         "expiry_interval",
@@ -102,9 +152,12 @@ class Session:
         queue_qos0: bool,
         max_queued_bytes: int = 0,
         stats: Stats | None = None,
+        drops: DropObserver | None = None,
     ) -> None:
         self.client_id = client_id
-        self.connection: MQTTConnection | None = None
+        self.drops = drops
+        """Told of every drop, when extensions are registered."""
+        self.connection: Outbox | None = None
         self.expiry_interval = 0
         self.subscriptions: dict[str, Subscription] = {}
         self.queue: deque[Delivery] = deque()
@@ -114,7 +167,7 @@ class Session:
         self.will: Will | None = None
         self.will_handle: asyncio.TimerHandle | None = None
         self.expiry_handle: asyncio.TimerHandle | None = None
-        self.store: SessionStore | None = None
+        self.store: SessionJournal | None = None
         """Set while the session persists on a node that keeps state on disk."""
         self.next_seq = 1
         self.expires_at: float | None = None
@@ -139,7 +192,7 @@ class Session:
 
         A connection whose socket buffer is merely full still takes messages:
         backpressure on the publishers bounds that buffer. Only a stalled one
-        (see MQTTConnection.hold) makes messages queue here.
+        (see the driver's hold, connection.py) makes messages queue here.
         """
         conn = self.connection
         if conn is not None and not conn.stalled and not self.queue:
@@ -151,6 +204,8 @@ class Session:
                 return True
         elif conn is None and delivery.qos == 0 and not self.queue_qos0:
             self.stats.messages_dropped += 1
+            if self.drops:
+                self.drops.dropped(self.client_id, delivery.message, "offline_qos0")
             return False
         return self._enqueue(delivery)
 
@@ -180,7 +235,7 @@ class Session:
         limit = self._full(size)
         assert limit is not None
         if not self.overflow_drops_oldest or (max_bytes and size > max_bytes):
-            self._count_drop(limit)
+            self._count_drop(limit, delivery)
             return False
         store = self.store
         while limit is not None and queue:
@@ -188,7 +243,7 @@ class Session:
             self.queued_bytes -= len(dropped.message.payload)
             if store is not None:
                 store.remove_delivery(self, dropped)
-            self._count_drop(limit)
+            self._count_drop(limit, dropped)
             limit = self._full(size)
         queue.append(delivery)
         self.queued_bytes += size
@@ -204,13 +259,15 @@ class Session:
             return "queued_bytes"
         return None
 
-    def _count_drop(self, limit: str) -> None:
+    def _count_drop(self, limit: str, dropped: Delivery) -> None:
         stats = self.stats
         stats.messages_dropped += 1
         if limit == "queued_messages":
             stats.limits.queued_messages += 1
         else:
             stats.limits.queued_bytes += 1
+        if self.drops:
+            self.drops.dropped(self.client_id, dropped.message, limit)
 
     def _allocate_packet_id(self) -> int:
         pid = self.next_packet_id
@@ -220,7 +277,7 @@ class Session:
         self.next_packet_id = pid + 1 if pid < 0xFFFF else 1
         return pid
 
-    def _send_tracked(self, conn: MQTTConnection, delivery: Delivery) -> None:
+    def _send_tracked(self, conn: Outbox, delivery: Delivery) -> None:
         pid = self._allocate_packet_id()
         self.outgoing[pid] = Outgoing(delivery)
         if self.store is not None:
@@ -270,7 +327,7 @@ class Session:
             else:
                 conn.send_publish(head, None, False)
 
-    def resume(self, conn: MQTTConnection) -> None:
+    def resume(self, conn: Outbox) -> None:
         """A client came back to this session: resend what it never completed.
 
         Unacknowledged PUBLISHes go again with DUP set, PUBREC'd ones get their

@@ -7,11 +7,13 @@ They are retained on this node only: in a cluster each node reports itself.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .broker import Broker
+from .stats import Stats
+
+PublishLocal = Callable[[str, bytes, bool], None]
+"""Publish a message the node itself makes: (topic, payload, retain)."""
 
 
 def raftmq_version() -> str:
@@ -22,12 +24,24 @@ def raftmq_version() -> str:
 
 
 class SysPublisher:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    """Publishes the node's figures every ``interval`` seconds (0: never)."""
+
+    def __init__(
+        self,
+        interval: float,
+        stats: Stats,
+        counts: Callable[[], dict[str, int]],
+        publish_local: PublishLocal,
+    ) -> None:
+        self.interval = interval
+        self.stats = stats
+        self.counts = counts
+        """Figures that are not counters: sessions, retained messages, subscriptions."""
+        self.publish_local = publish_local
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.broker.config.sys_interval > 0:
+        if self.interval > 0:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
@@ -36,29 +50,27 @@ class SysPublisher:
             self._task = None
 
     async def _run(self) -> None:
-        self.broker.publish_local(
-            "$SYS/broker/version", f"raftmq {raftmq_version()}".encode(), True
-        )
+        self.publish_local("$SYS/broker/version", f"raftmq {raftmq_version()}".encode(), True)
         while True:
             self.publish_once()
-            await asyncio.sleep(self.broker.config.sys_interval)
+            await asyncio.sleep(self.interval)
 
     def publish_once(self) -> None:
-        broker = self.broker
-        stats = broker.stats
+        stats = self.stats
+        counts = self.counts()
         values = {
             "uptime": f"{stats.uptime} seconds",
             "clients/connected": stats.clients_connected,
-            "clients/total": len(broker.sessions),
+            "clients/total": counts["sessions"],
             "messages/received": stats.messages_received,
             "messages/sent": stats.messages_sent,
             "messages/dropped": stats.messages_dropped,
             "bytes/received": stats.bytes_received,
             "bytes/sent": stats.bytes_sent,
-            "retained messages/count": len(broker.retained),
+            "retained messages/count": counts["retained"],
             "retained messages/bytes": stats.retained_bytes,
-            "subscriptions/count": len(broker.subscriptions) + len(broker.shared),
+            "subscriptions/count": counts["subscriptions"],
         }
         values.update((f"limits/{name}", count) for name, count in stats.limits.items())
         for name, value in values.items():
-            broker.publish_local(f"$SYS/broker/{name}", str(value).encode(), True)
+            self.publish_local(f"$SYS/broker/{name}", str(value).encode(), True)

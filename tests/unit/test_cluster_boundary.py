@@ -13,17 +13,14 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
+from wire_client import Client
 
 from raftmq.node.broker import Broker
-from raftmq.node.codec import Decoder, encode
 from raftmq.node.config import default_config, parse_listen
 from raftmq.node.hooks import Claim, ClusterUnavailable, LocalCluster
 from raftmq.node.message import Message
 from raftmq.node.packets import (
-    Connack,
-    Connect,
     Disconnect,
-    Packet,
     Pingreq,
     Pingresp,
     Puback,
@@ -87,39 +84,6 @@ class RecordingCluster(LocalCluster):
     def forward(self, message: Message) -> Awaitable[None] | None:
         self.calls.append(("forward", message.topic))
         return self.topic_gates.get(message.topic, self.forward_gate)
-
-
-class Client:
-    """A minimal MQTT client over a real socket, using the project's codec."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.decoder = Decoder(protocol_level=5)
-        self.pending: list[Packet] = []
-
-    @classmethod
-    async def connect(cls, port: int, client_id: str, **kw: object) -> tuple[Client, Connack]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        client = cls(reader, writer)
-        client.send(Connect(client_id, protocol_level=5, **kw))  # type: ignore[arg-type]
-        connack = await client.receive()
-        assert isinstance(connack, Connack)
-        return client, connack
-
-    def send(self, packet: Packet) -> None:
-        self.writer.write(encode(packet, 5))
-
-    async def receive(self, timeout: float = 5.0) -> Packet:
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not data:
-                raise ConnectionError("closed by broker")
-            self.pending.extend(self.decoder.feed(data))
-        return self.pending.pop(0)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
 
 
 @pytest.fixture

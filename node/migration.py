@@ -1,0 +1,125 @@
+"""Sessions moving between nodes: taken at CONNECT, surrendered, adopted from a dead node.
+
+A persistent session moves in two parts (``hooks.py``): its subscriptions and
+expiry come from the replicated state at once, so the new node routes them
+before anything else; the messages the old node held come over the
+forwarding stream, and go before anything that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .background import Background
+from .hooks import Claim, ClusterHooks, SessionMessages, SessionTransfer
+from .reason_codes import ReasonCode
+from .session import NEVER_EXPIRES, Session
+from .sessions import SessionRegistry
+from .subscribing import Subscriptions
+
+
+class SessionMigration:
+    """This node's side of every session move."""
+
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        subscriptions: Subscriptions,
+        hooks: ClusterHooks,
+        background: Background,
+    ) -> None:
+        self.sessions = sessions
+        self.subscriptions = subscriptions
+        self.hooks = hooks
+        self.background = background
+
+    async def take(self, client_id: str, claim: Claim, transfer: SessionTransfer) -> None:
+        """A session the client left on another node (or that this node lost) becomes ours.
+
+        Its subscriptions are routed here first, so that what is published from
+        then on reaches it here; then the messages the previous node held go in
+        front of whatever arrived meanwhile.
+        """
+        stale = self.sessions.get(client_id)
+        if stale is not None:
+            self.sessions.end(stale)
+        session = self._register(client_id, transfer)
+        await asyncio.gather(
+            *(self.subscriptions.add(client_id, sub) for sub in session.subscriptions.values())
+        )
+        held = await self.hooks.handed_over(client_id, claim)
+        if held is not None and self.sessions.get(client_id) is session:
+            for packet_id, entry in held.outgoing.items():
+                session.outgoing[packet_id] = entry
+                session.next_packet_id = packet_id % 0xFFFF + 1
+            session.queue.extendleft(reversed(held.queued))
+            session.queued_bytes += sum(len(d.message.payload) for d in held.queued)
+            session.incoming_qos2 |= held.incoming_qos2
+
+    def _register(self, client_id: str, transfer: SessionTransfer) -> Session:
+        """A disconnected session with ``transfer``'s subscriptions, registered on this node."""
+        session = self.sessions.new(client_id)
+        session.expiry_interval = transfer.expiry_interval
+        session.subscriptions = dict(transfer.subscriptions)
+        self.sessions.by_client[client_id] = session
+        return session
+
+    @staticmethod
+    def journal_transferred(session: Session) -> None:
+        """Write a session that arrived from another node to this node's disk store,
+        in the order a restart reads it back: in flight first, then queued."""
+        store = session.store
+        assert store is not None
+        for full_filter, sub in session.subscriptions.items():
+            store.save_subscription(session, full_filter, sub)
+        for packet_id, entry in session.outgoing.items():
+            store.send_delivery(session, entry.delivery, packet_id)
+            if entry.released:
+                store.release_delivery(session, entry.delivery)
+        for delivery in session.queue:
+            if delivery.qos:
+                store.queue_delivery(session, delivery)
+        for packet_id in session.incoming_qos2:
+            store.add_incoming(session, packet_id)
+
+    def surrender(self, client_id: str, epoch: int, resumed: bool) -> SessionMessages | None:
+        """Another node claimed ``client_id`` at ``epoch`` (``hooks.NodeEvents``)."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        client = session.connection
+        if client is not None:
+            if client.epoch >= epoch:
+                return None  # a newer claim of this node's own: nothing to give up
+            client.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            session = self.sessions.get(client_id)
+            if session is None:
+                return None  # it ended with its connection (session expiry 0)
+        if not resumed:
+            self.sessions.end(session)
+            return None
+        held = SessionMessages(
+            list(session.queue), dict(session.outgoing), set(session.incoming_qos2)
+        )
+        # The client came back elsewhere before any will delay ran out: no will (MQTT 5
+        # §3.1.3.2.2), and no expiry here; its messages go with it.
+        session.will = None
+        self.sessions.end(session)
+        return held
+
+    def adopt(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
+        """Hold a dead node's persistent session until its client returns (``hooks.NodeEvents``)."""
+        if self.sessions.get(client_id) is not None:
+            return  # already here (restored from this node's store): it has the messages
+        session = self._register(client_id, transfer)
+        self.sessions.bind_store(session)
+        if session.expiry_interval != NEVER_EXPIRES:
+            self.sessions.expire_in(session, session.expiry_interval, epoch)
+        if session.store is not None:
+            self.journal_transferred(session)
+            session.store.save_session(session)
+        self.background.run(self._subscribe(session))
+
+    async def _subscribe(self, session: Session) -> None:
+        for sub in list(session.subscriptions.values()):
+            await self.subscriptions.add(session.client_id, sub)
