@@ -16,11 +16,10 @@ import pytest
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Session, Subscription
+from raftmq.node.sqlite_schema import SCHEMA_VERSION
+from raftmq.node.sqlite_store import DB_FILE, SqliteStore
 from raftmq.node.store import (
-    DB_FILE,
-    SCHEMA_VERSION,
     MemoryStore,
-    SqliteStore,
     StoredSession,
     StoredState,
     StoreError,
@@ -304,7 +303,7 @@ _CRASHING_WRITER = """
 import sys, time
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery, Session
-from raftmq.node.store import SqliteStore
+from raftmq.node.sqlite_store import SqliteStore
 
 store = SqliteStore(sys.argv[1])
 store.open(None)
