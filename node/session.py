@@ -69,8 +69,13 @@ class Outbox(Protocol):
     """The client reads nothing: deliveries queue instead."""
     epoch: int
     """The cluster claim the connection holds for the client id."""
+    awaiting_commit: bool
+    """Its output waits for the store's commit (``store.SessionStore.hold``)."""
 
     def disconnect(self, reason: int, detail: str = "") -> None: ...
+
+    def release_output(self) -> None:
+        """The store committed: what waited may go out."""
 
     def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> None: ...
 

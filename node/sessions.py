@@ -22,7 +22,8 @@ from .protocol import ClientProtocol
 from .publishing import Publishing
 from .session import NEVER_EXPIRES, Outgoing, Session
 from .stats import Stats
-from .store import SessionStore, StoredSession, StoredState
+from .store import SessionStore
+from .store_records import StoredSession, StoredState
 from .subscribing import Subscriptions
 
 log = logging.getLogger("raftmq.broker")

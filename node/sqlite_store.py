@@ -2,7 +2,7 @@
 
 Group commit. Changes are not written one by one: the store collects the
 changes of one event-loop turn and commits them in one transaction from a
-``call_soon`` callback, the way ``MQTTConnection.write`` batches socket
+``call_soon`` callback, the way the connection driver batches socket
 writes. Within a turn, changes of one kind are bucketed so that each kind is
 one ``executemany`` (see ``sqlite_schema.LIFECYCLE``).
 
@@ -45,8 +45,7 @@ from .sqlite_schema import (
 from .store_records import StoredState, StoreError
 
 if TYPE_CHECKING:
-    from .connection import MQTTConnection
-    from .session import Session
+    from .session import Outbox, Session
 
 log = logging.getLogger("raftmq.store")
 
@@ -126,7 +125,7 @@ class SqliteStore:
         """(client id, packet id) -> present, for incoming QoS 2 ids: the last change wins."""
         self._retained: dict[str, tuple[Any, ...] | None] = {}
         """Topic -> retained row (None: cleared): the last change wins."""
-        self._held: list[MQTTConnection] = []
+        self._held: list[Outbox] = []
         self._scheduled = False
         self._messages: dict[Message, list[int]] = {}
         """Stored message -> [row id, deliveries referring to it]: one row per fan-out."""
@@ -259,8 +258,8 @@ class SqliteStore:
         held = self._held
         if held:
             self._held = []
-            for conn in held:
-                conn.release_output()
+            for outbox in held:
+                outbox.release_output()
 
     def _commit_failed(self, exc: sqlite3.Error) -> None:
         """Keep the changes and the held connections, and try again: nothing that is
@@ -276,16 +275,17 @@ class SqliteStore:
             self._scheduled = True
             self._loop.call_later(COMMIT_RETRY_SECONDS, self._commit_turn)
 
-    def hold(self, conn: MQTTConnection) -> None:
-        if self.pending and not conn.awaiting_commit:
-            conn.awaiting_commit = True
-            self._held.append(conn)
+    def hold(self, outbox: Outbox) -> None:
+        if self.pending and not outbox.awaiting_commit:
+            outbox.awaiting_commit = True
+            self._held.append(outbox)
 
     def _hold_session(self, session: Session) -> None:
-        conn = session.connection
-        if conn is not None and not conn.awaiting_commit:
-            conn.awaiting_commit = True
-            self._held.append(conn)
+        """The session's client output waits for the commit of what changed."""
+        outbox = session.connection
+        if outbox is not None and not outbox.awaiting_commit:
+            outbox.awaiting_commit = True
+            self._held.append(outbox)
 
     # -- sessions --------------------------------------------------------------
 
@@ -383,10 +383,7 @@ class SqliteStore:
         self._lifecycle[index].append(params)
         if not self.pending:
             self._changed()
-        conn = session.connection
-        if conn is not None and not conn.awaiting_commit:
-            conn.awaiting_commit = True
-            self._held.append(conn)
+        self._hold_session(session)
 
     def _insert(self, session: Session, delivery: Delivery, packet_id: int | None) -> None:
         seq = session.next_seq

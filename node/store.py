@@ -11,14 +11,15 @@ when the node starts.
 (``sqlite_store``) journals every change into SQLite in WAL mode
 (``durability = "disk"``), committing the changes of one event-loop turn
 together. ``make_store`` picks one. The records a store gives back are
-defined in ``store_records`` and importable from here.
+defined in ``store_records``.
 
 A packet that reports a change to a client (PUBACK/PUBREC to a publisher,
 PUBCOMP, an outgoing QoS 2 PUBLISH with its packet id, a PUBREL, a SUBACK,
 a CONNACK) must not leave before the change is durable, or a crash right
-after it would break a promise the client relies on. So a connection whose
-output depends on uncommitted changes is *held* (``hold``): its output stays
-in its write buffer and the store releases it right after the commit.
+after it would break a promise the client relies on. So a client whose
+output depends on uncommitted changes is *held* (``hold``, through its
+``session.Outbox``): its output stays queued and the store releases it right
+after the commit.
 Everything held in one turn goes out after one commit; the network never
 waits for more than one transaction per turn.
 """
@@ -27,33 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .message import Message
-from .session import Delivery, Subscription
+from .session import Delivery, Outbox, Session, SessionJournal, Subscription
 from .sqlite_store import DB_FILE, SqliteStore
-from .store_records import StoredDelivery, StoredSession, StoredState, StoreError
-
-if TYPE_CHECKING:
-    from .connection import MQTTConnection
-    from .session import Session
-
-__all__ = [
-    "MemoryStore",
-    "SessionStore",
-    "StoreError",
-    "StoredDelivery",
-    "StoredSession",
-    "StoredState",
-    "make_store",
-]
+from .store_records import StoredState
 
 
-class SessionStore(Protocol):
+class SessionStore(SessionJournal, Protocol):
     """The storage hook: told every durable change, gives the state back at start.
 
-    Session-scoped calls take the ``Session`` so the store can hold that
-    session's connection until the change is committed.
+    Session-scoped calls (``SessionJournal``) take the ``Session`` so the store
+    can hold that session's output until the change is committed.
     """
 
     durable: bool
@@ -68,35 +55,10 @@ class SessionStore(Protocol):
         """Commit what is pending and release the store."""
 
     def commit(self) -> None:
-        """Make every recorded change durable, then release the held connections."""
+        """Make every recorded change durable, then release the held outboxes."""
 
-    def hold(self, conn: MQTTConnection) -> None:
-        """If changes are pending, ``conn``'s output waits for their commit."""
-
-    def save_session(self, session: Session) -> None: ...
-
-    def delete_session(self, session: Session) -> None:
-        """The session ended: its row, subscriptions, messages and QoS 2 ids go."""
-
-    def save_subscription(self, session: Session, full_filter: str, sub: Subscription) -> None: ...
-
-    def delete_subscription(self, session: Session, full_filter: str) -> None: ...
-
-    def queue_delivery(self, session: Session, delivery: Delivery) -> None:
-        """A QoS 1/2 delivery joined the session's queue."""
-
-    def send_delivery(self, session: Session, delivery: Delivery, packet_id: int) -> None:
-        """A QoS 1/2 delivery went in flight with ``packet_id`` (queued before or not)."""
-
-    def release_delivery(self, session: Session, delivery: Delivery) -> None:
-        """PUBREC arrived for a QoS 2 delivery: from now on only PUBREL is resent."""
-
-    def remove_delivery(self, session: Session, delivery: Delivery) -> None:
-        """Completed, expired or dropped."""
-
-    def add_incoming(self, session: Session, packet_id: int) -> None: ...
-
-    def remove_incoming(self, session: Session, packet_id: int) -> None: ...
+    def hold(self, outbox: Outbox) -> None:
+        """If changes are pending, ``outbox``'s output waits for their commit."""
 
     def set_retained(self, topic: str, message: Message | None) -> None: ...
 
@@ -116,7 +78,7 @@ class MemoryStore:
     def commit(self) -> None:
         return None
 
-    def hold(self, conn: MQTTConnection) -> None:
+    def hold(self, outbox: Outbox) -> None:
         return None
 
     def save_session(self, session: Session) -> None:

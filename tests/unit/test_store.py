@@ -18,17 +18,12 @@ from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Session, Subscription
 from raftmq.node.sqlite_schema import SCHEMA_VERSION
 from raftmq.node.sqlite_store import DB_FILE, SqliteStore
-from raftmq.node.store import (
-    MemoryStore,
-    StoredSession,
-    StoredState,
-    StoreError,
-    make_store,
-)
+from raftmq.node.store import MemoryStore, make_store
+from raftmq.node.store_records import StoredSession, StoredState, StoreError
 
 
 class FakeConnection:
-    """What the store and the session use of MQTTConnection: held output and a window."""
+    """A session.Outbox for the store and the session: held output and a window."""
 
     def __init__(self) -> None:
         self.awaiting_commit = False
