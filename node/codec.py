@@ -26,12 +26,7 @@ from raftmq.node.encoders import ENCODERS, encode_publish_parts
 from raftmq.node.packets import Packet, PacketType
 from raftmq.node.properties import decode_properties
 from raftmq.node.reason_codes import ReasonCode
-from raftmq.node.wire import (
-    MAX_VARINT,
-    MQTTProtocolError,
-    validate_topic_filter,
-    validate_topic_name,
-)
+from raftmq.node.wire import MAX_VARINT, MQTTProtocolError
 
 __all__ = [
     "MAX_PACKET_SIZE",
@@ -40,8 +35,6 @@ __all__ = [
     "decode_properties",
     "encode",
     "encode_publish_parts",
-    "validate_topic_filter",
-    "validate_topic_name",
 ]
 
 # One type byte, four length bytes and the largest remaining length.
