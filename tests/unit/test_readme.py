@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from raftmq.node.config import config_reference_markdown
+from raftmq.node.config_reference import config_reference_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
