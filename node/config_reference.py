@@ -1,8 +1,8 @@
 """The documented reference of every config key, derived from ``config_schema.Config``.
 
 ``KEYS`` feeds ``raftmq node --help`` (``config_reference_text``) and the
-documented key table (``config_reference_markdown``), which a test keeps
-current.
+key table of docs/configuration.md (``config_reference_markdown``), which a
+test keeps current.
 """
 
 import textwrap
@@ -60,7 +60,7 @@ def _code(default: str) -> str:
 
 
 def config_reference_markdown() -> str:
-    """The Markdown table of config keys, as the documentation shows it."""
+    """The Markdown table of config keys, as docs/configuration.md shows it."""
     rows = [
         "| key | type | default | allowed | meaning |",
         "|---|---|---|---|---|",

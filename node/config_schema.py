@@ -2,9 +2,9 @@
 
 Each key is a field of :class:`Config`: its annotation is the type, its
 default is the default, and its metadata holds the check and the help text.
-Validation, ``raftmq node --help`` and the documented key table
-(``config_reference``) are all derived from those fields, so they cannot
-drift apart.
+Validation, ``raftmq node --help`` and the key table of
+docs/configuration.md (``config_reference``) are all derived from those
+fields, so they cannot drift apart.
 
 Errors are :class:`ConfigError` with a one-line message that names the file
 (or "command line"), the key and what is wrong, because the CLI shows it to
