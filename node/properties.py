@@ -1,9 +1,8 @@
-"""The MQTT 5 property table (spec 2.2.2.2) and the property encoder.
+"""The MQTT 5 property table (spec 2.2.2.2), its decoder and its encoder.
 
-The table is data so that the decoder in ``codec`` and the encoder here agree
-on every identifier, wire type and permitted packet without duplicating a
-per-property ``if`` chain. Decoding lives in ``codec`` because it raises
-``MQTTProtocolError``, which the codec owns.
+The table is data so that the decoder and the encoder here agree on every
+identifier, wire type and permitted packet without duplicating a
+per-property ``if`` chain.
 
 Contexts are packet type names (``"PUBLISH"``, ...) plus ``"WILL"`` for the
 will properties inside a CONNECT payload, which have their own rules.
@@ -16,6 +15,18 @@ from enum import Enum
 from typing import Any
 
 from raftmq.node.packets import PacketType, Properties
+from raftmq.node.reason_codes import ReasonCode
+from raftmq.node.wire import (
+    MQTTProtocolError,
+    encode_binary,
+    encode_utf8,
+    encode_varint,
+    read_bin,
+    read_str,
+    read_u16,
+    read_varint,
+    truncated,
+)
 
 
 class WireType(Enum):
@@ -117,33 +128,86 @@ ALLOWED: dict[str, dict[int, PropertySpec]] = {
     ctx: {p.id: p for p in PROPERTIES if ctx in p.contexts} for ctx in CONTEXTS
 }
 
-MAX_VARINT = 268_435_455
+
+_MALFORMED = ReasonCode.MALFORMED_PACKET
+_PROTOCOL = ReasonCode.PROTOCOL_ERROR
+_R = ReasonCode
 
 
-def encode_varint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    if value > MAX_VARINT:
-        raise ValueError(f"{value} does not fit a variable byte integer")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_utf8(text: str) -> bytes:
-    raw = text.encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"string of {len(raw)} bytes exceeds the 65535-byte MQTT limit")
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def encode_binary(data: bytes) -> bytes:
-    if len(data) > 0xFFFF:
-        raise ValueError(f"binary field of {len(data)} bytes exceeds the 65535-byte MQTT limit")
-    return len(data).to_bytes(2, "big") + data
+def decode_properties(mv: memoryview, off: int, end: int, ctx: str) -> tuple[Properties, int]:
+    """Properties of ``ctx`` starting at the property length at ``off``."""
+    where = "CONNECT will" if ctx == "WILL" else ctx
+    length, off = read_varint(mv, off, end, where, "property length")
+    stop = off + length
+    if stop > end:
+        raise truncated(where, "properties")
+    allowed = ALLOWED[ctx]
+    props: Properties = {}
+    value: Any
+    while off < stop:
+        # Identifiers are variable byte integers, but all are below 0x80, so a
+        # first byte with the continuation bit set is unknown either way.
+        pid = mv[off]
+        off += 1
+        spec = allowed.get(pid)
+        if spec is None:
+            if pid in BY_ID:
+                raise MQTTProtocolError(
+                    _PROTOCOL, f"{where}: property {BY_ID[pid].name} is not allowed"
+                )
+            raise MQTTProtocolError(_MALFORMED, f"{where}: unknown property id 0x{pid:02X}")
+        name = spec.name
+        wire = spec.wire
+        if wire is WireType.BYTE:
+            if off >= stop:
+                raise truncated(where, name)
+            value = mv[off]
+            off += 1
+        elif wire is WireType.FOUR_BYTE_INT:
+            if off + 4 > stop:
+                raise truncated(where, name)
+            value = int.from_bytes(mv[off : off + 4], "big")
+            off += 4
+        elif wire is WireType.TWO_BYTE_INT:
+            value = read_u16(mv, off, stop, where, name)
+            off += 2
+        elif wire is WireType.UTF8:
+            value, off = read_str(mv, off, stop, where, name)
+        elif wire is WireType.BINARY:
+            value, off = read_bin(mv, off, stop, where, name)
+        elif wire is WireType.VARINT:
+            value, off = read_varint(mv, off, stop, where, name)
+        else:
+            key, off = read_str(mv, off, stop, where, name)
+            val, off = read_str(mv, off, stop, where, name)
+            value = (key, val)
+        if spec.boolean and value > 1:
+            raise MQTTProtocolError(_PROTOCOL, f"{where}: {name} must be 0 or 1, not {value}")
+        if spec.nonzero and value == 0:
+            # Alias 0 gets the specific code: it is an invalid alias (3.3.2.3.4).
+            reason = _R.TOPIC_ALIAS_INVALID if name == "topic_alias" else _PROTOCOL
+            raise MQTTProtocolError(reason, f"{where}: {name} must not be 0")
+        if name == "response_topic" and (not value or "+" in value or "#" in value):
+            # [MQTT-3.3.2-14] a Response Topic is a Topic Name
+            raise MQTTProtocolError(_PROTOCOL, f"{where}: response_topic is not a topic name")
+        if spec.repeatable_in:
+            previous = props.get(name)
+            if previous is None:
+                props[name] = [value]
+                continue
+            if ctx in spec.repeatable_in:
+                previous.append(value)
+                continue
+        elif name not in props:
+            props[name] = value
+            continue
+        raise MQTTProtocolError(_PROTOCOL, f"{where}: property {name} appears more than once")
+    if "authentication_data" in props and "authentication_method" not in props:
+        # e.g. 3.1.2.11.10: data without a method is a Protocol Error
+        raise MQTTProtocolError(
+            _PROTOCOL, f"{where}: authentication_data without authentication_method"
+        )
+    return props, stop
 
 
 def _encode_value(wire: WireType, value: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""`raftmq certs init`: the files it writes, and the README's first TLS run with them."""
+"""`raftmq certs init`: the files it writes, and the first TLS run of docs/security.md with them."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_init_keeps_existing_files_unless_forced(tmp_path: Path) -> None:
     assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
 
 
-def test_first_tls_run_as_the_readme_shows(broker_factory: BrokerFactory, tmp_path: Path) -> None:
+def test_first_tls_run_as_the_docs_show(broker_factory: BrokerFactory, tmp_path: Path) -> None:
     """`raftmq certs init`, a node with server.crt, then mosquitto_sub --cafile ca.crt."""
     directory = tmp_path / "certs"
     assert certs_init(directory).returncode == 0

@@ -10,14 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftmq.node.codec import (
-    Decoder,
-    MQTTProtocolError,
-    encode,
-    encode_publish_parts,
-    validate_topic_filter,
-    validate_topic_name,
-)
+from raftmq.node.codec import Decoder, MQTTProtocolError, encode, encode_publish_parts
 from raftmq.node.packets import (
     Auth,
     Connack,
@@ -42,6 +35,7 @@ from raftmq.node.packets import (
 )
 from raftmq.node.properties import ALLOWED, PROPERTIES, PropertySpec, WireType
 from raftmq.node.reason_codes import ReasonCode
+from raftmq.node.wire import validate_topic_filter, validate_topic_name
 
 MALFORMED = ReasonCode.MALFORMED_PACKET
 PROTOCOL = ReasonCode.PROTOCOL_ERROR

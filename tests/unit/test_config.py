@@ -9,12 +9,12 @@ from raftmq.node.config import (
     Config,
     ConfigError,
     ListenAddress,
-    PeerAddress,
-    config_reference_markdown,
     default_config,
     load_config,
     parse_listen,
 )
+from raftmq.node.config_reference import config_reference_markdown
+from raftmq.node.config_types import PeerAddress
 
 
 def write(tmp_path: Path, text: str) -> Path:
