@@ -35,8 +35,8 @@ from .listeners import open_listener
 from .message import Message
 from .migration import SessionMigration
 from .packets import Connect, Publish, Subscribe, Unsubscribe, Will
-from .protocol import ClientProtocol
-from .publishing import Publishing, Work
+from .protocol import ClientProtocol, Work
+from .publishing import Publishing
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
 from .session import Session

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .limits import TokenBucket
@@ -32,6 +31,7 @@ from .protocol import (
     ClientProtocol,
     Disconnected,
     ProtocolViolation,
+    Work,
 )
 from .reason_codes import ReasonCode
 from .stats import Stats
@@ -48,8 +48,6 @@ MAX_PACKETS_PER_TURN = 256
 uvloop hands over up to 256 KiB per read; a hundred busy publishers would
 otherwise make one loop turn last seconds, starving writes and timers.
 """
-
-Work = Coroutine[Any, Any, None]
 
 
 class ClientHandler(Protocol):

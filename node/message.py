@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .codec import encode_publish_parts
+from .encoders import encode_publish_parts
 from .packets import Properties
 
 # Properties that describe one hop rather than the message; they are never

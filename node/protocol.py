@@ -21,11 +21,12 @@ CONNECT, PUBLISH or SUBSCRIBE means for the node (``docs/architecture.md``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .codec import Decoder, MQTTProtocolError, encode, encode_publish_parts
+from .codec import Decoder, encode
+from .encoders import encode_publish_parts
 from .packets import (
     Auth,
     Connack,
@@ -43,6 +44,7 @@ from .packets import (
 from .reason_codes import ReasonCode, connack_code_for
 from .session import NEVER_EXPIRES
 from .stats import Stats
+from .wire import MQTTProtocolError
 
 if TYPE_CHECKING:
     from .acks import OrderedAcks
@@ -54,6 +56,10 @@ PACKET_ID_BYTES = [i.to_bytes(2, "big") for i in range(0x10000)]
 PINGRESP_BYTES = b"\xd0\x00"
 PUBACK_HEADER = b"\x40\x02"
 PUBREC_HEADER = b"\x50\x02"
+
+Work = Coroutine[Any, Any, None]
+"""The rest of a packet's handling, when it must wait (for the cluster): the
+connection reads nothing more from the client until it is done."""
 
 
 class ProtocolViolation(Exception):

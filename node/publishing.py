@@ -12,10 +12,9 @@ retained order do not depend on pipelining.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
-from typing import Any
 
 from .acks import OrderedAcks
 from .acl import AccessControl
@@ -27,14 +26,12 @@ from .hooks import ClusterHooks, ClusterUnavailable
 from .limits import retained_size
 from .message import Message
 from .packets import Publish, Pubrec, Will
-from .protocol import ClientProtocol, Disconnected, ProtocolViolation
+from .protocol import ClientProtocol, Disconnected, ProtocolViolation, Work
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
 from .stats import Stats
 from .store import SessionStore
 from .topics import topic_levels
-
-Work = Coroutine[Any, Any, None]
 
 
 class Publishing:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from .codec import MQTTProtocolError, decode_properties
 from .message import Message
 from .packets import Properties, Will
+from .properties import decode_properties
 from .session import Delivery, Subscription
 from .store_records import StoredDelivery, StoredSession, StoredState, StoreError
+from .wire import MQTTProtocolError
 
 SCHEMA_VERSION = 1
 

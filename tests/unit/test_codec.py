@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftmq.node.codec import Decoder, MQTTProtocolError, encode, encode_publish_parts
+from raftmq.node.codec import Decoder, encode
+from raftmq.node.encoders import encode_publish_parts
 from raftmq.node.packets import (
     Auth,
     Connack,
@@ -35,7 +36,7 @@ from raftmq.node.packets import (
 )
 from raftmq.node.properties import ALLOWED, PROPERTIES, PropertySpec, WireType
 from raftmq.node.reason_codes import ReasonCode
-from raftmq.node.wire import validate_topic_filter, validate_topic_name
+from raftmq.node.wire import MQTTProtocolError, validate_topic_filter, validate_topic_name
 
 MALFORMED = ReasonCode.MALFORMED_PACKET
 PROTOCOL = ReasonCode.PROTOCOL_ERROR

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftmq.node.codec import Decoder, MQTTProtocolError, encode
+from raftmq.node.codec import Decoder, encode
 from raftmq.node.packets import (
     Auth,
     Connack,
@@ -33,6 +33,7 @@ from raftmq.node.packets import (
     Will,
 )
 from raftmq.node.reason_codes import ReasonCode
+from raftmq.node.wire import MQTTProtocolError
 
 LEVELS = (None, 3, 4, 5)
 
