@@ -28,6 +28,7 @@ from .auth import Authenticator
 from .background import Background
 from .config import Config
 from .connect import ConnectHandshake
+from .context import NodeContext
 from .extensions import Extensions
 from .fanout import FanOut
 from .hooks import ClusterHooks, LocalCluster, SessionMessages, SessionTransfer, SharedGroup
@@ -71,47 +72,24 @@ class Broker:
         self.clients: set[ClientProtocol] = set()
         """Every open connection's protocol, connected or not yet."""
         self.addresses: list[str] = []
-        background = self._background = Background()
-        by_client: dict[str, Session] = {}
-        ext = self.extensions
-        self.fanout = FanOut(by_client, ext)
-        self.subscriptions = Subscriptions(
-            config, self.stats, self.hooks, self.fanout, self.retained, self.acl, background, ext
-        )
-        self.publishing = Publishing(
+        self._background = Background()
+        node = NodeContext(
             config,
             self.stats,
             self.hooks,
-            self.fanout,
+            self.store,
             self.retained,
-            self.store,
             self.acl,
-            background,
-            ext,
+            self._background,
+            self.extensions,
         )
-        self.sessions = SessionRegistry(
-            by_client,
-            config,
-            self.stats,
-            self.store,
-            self.hooks,
-            self.subscriptions,
-            self.publishing,
-            background,
-            ext,
-        )
-        self.migration = SessionMigration(self.sessions, self.subscriptions, self.hooks, background)
-        self.connect = ConnectHandshake(
-            config,
-            self.stats,
-            self.auth,
-            self.acl,
-            self.hooks,
-            self.store,
-            self.sessions,
-            self.migration,
-            ext,
-        )
+        by_client: dict[str, Session] = {}
+        self.fanout = FanOut(by_client, self.extensions)
+        self.subscriptions = Subscriptions(node, self.fanout)
+        self.publishing = Publishing(node, self.fanout)
+        self.sessions = SessionRegistry(node, by_client, self.subscriptions, self.publishing)
+        self.migration = SessionMigration(node, self.sessions, self.subscriptions)
+        self.connect = ConnectHandshake(node, self.auth, self.sessions, self.migration)
         self._servers: list[asyncio.Server] = []
         self._sys = SysPublisher(
             config.sys_interval, self.stats, self._counts, self.publishing.publish_local

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import secrets
 
-from .acl import AccessControl
 from .auth import Authenticator
-from .config import TLS_SCHEMES, Config
-from .extensions import Extensions
-from .hooks import ClusterHooks, ClusterUnavailable
+from .config import TLS_SCHEMES
+from .context import NodeContext, NodePart
+from .hooks import ClusterUnavailable
 from .migration import SessionMigration
 from .packets import Connect
 from .protocol import CLOSED, ClientProtocol
 from .reason_codes import ReasonCode
 from .sessions import SessionRegistry
-from .stats import Stats
-from .store import SessionStore
 from .topics import topic_levels
 
 
@@ -31,30 +28,20 @@ def new_client_id() -> str:
     return "raftmq-" + secrets.token_hex(8)
 
 
-class ConnectHandshake:
+class ConnectHandshake(NodePart):
     """Turns an accepted CONNECT into a connected client with its session."""
 
     def __init__(
         self,
-        config: Config,
-        stats: Stats,
+        node: NodeContext,
         auth: Authenticator,
-        acl: AccessControl | None,
-        hooks: ClusterHooks,
-        store: SessionStore,
         sessions: SessionRegistry,
         migration: SessionMigration,
-        extensions: Extensions,
     ) -> None:
-        self.config = config
-        self.stats = stats
+        super().__init__(node)
         self.auth = auth
-        self.acl = acl
-        self.hooks = hooks
-        self.store = store
         self.sessions = sessions
         self.migration = migration
-        self.extensions = extensions
 
     async def handle_connect(self, client: ClientProtocol, packet: Connect) -> None:
         cfg = self.config

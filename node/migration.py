@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import asyncio
 
-from .background import Background
-from .hooks import Claim, ClusterHooks, SessionMessages, SessionTransfer
+from .context import NodeContext, NodePart
+from .hooks import Claim, SessionMessages, SessionTransfer
 from .reason_codes import ReasonCode
 from .session import NEVER_EXPIRES, Session
 from .sessions import SessionRegistry
 from .subscribing import Subscriptions
 
 
-class SessionMigration:
+class SessionMigration(NodePart):
     """This node's side of every session move."""
 
     def __init__(
-        self,
-        sessions: SessionRegistry,
-        subscriptions: Subscriptions,
-        hooks: ClusterHooks,
-        background: Background,
+        self, node: NodeContext, sessions: SessionRegistry, subscriptions: Subscriptions
     ) -> None:
+        super().__init__(node)
         self.sessions = sessions
         self.subscriptions = subscriptions
-        self.hooks = hooks
-        self.background = background
 
     async def take(self, client_id: str, claim: Claim, transfer: SessionTransfer) -> None:
         """A session the client left on another node (or that this node lost) becomes ours.

@@ -17,47 +17,23 @@ from contextlib import contextmanager, suppress
 from functools import partial
 
 from .acks import OrderedAcks
-from .acl import AccessControl
-from .background import Background
-from .config import Config
-from .extensions import Extensions
+from .context import NodeContext, NodePart
 from .fanout import FanOut
-from .hooks import ClusterHooks, ClusterUnavailable
+from .hooks import ClusterUnavailable
 from .limits import retained_size
 from .message import Message
 from .packets import Publish, Pubrec, Will
 from .protocol import ClientProtocol, Disconnected, ProtocolViolation, Work
 from .reason_codes import ReasonCode
-from .retained import RetainedStore
-from .stats import Stats
-from .store import SessionStore
 from .topics import topic_levels
 
 
-class Publishing:
+class Publishing(NodePart):
     """Publishes from this node's clients, its wills and its own ($SYS) messages."""
 
-    def __init__(
-        self,
-        config: Config,
-        stats: Stats,
-        hooks: ClusterHooks,
-        fanout: FanOut,
-        retained: RetainedStore[Message],
-        store: SessionStore,
-        acl: AccessControl | None,
-        background: Background,
-        extensions: Extensions,
-    ) -> None:
-        self.config = config
-        self.stats = stats
-        self.hooks = hooks
+    def __init__(self, node: NodeContext, fanout: FanOut) -> None:
+        super().__init__(node)
         self.fanout = fanout
-        self.retained = retained
-        self.store = store
-        self.acl = acl
-        self.background = background
-        self.extensions = extensions
 
     def handle_publish(self, client: ClientProtocol, packet: Publish) -> Work | None:
         """Route ``packet``; the result, when not None, is to await before reading on."""

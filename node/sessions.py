@@ -14,45 +14,30 @@ import asyncio
 import logging
 import time
 
-from .background import Background
-from .config import Config
-from .extensions import Extensions
-from .hooks import ClusterHooks
+from .context import NodeContext, NodePart
 from .protocol import ClientProtocol
 from .publishing import Publishing
 from .session import NEVER_EXPIRES, Outgoing, Session
-from .stats import Stats
-from .store import SessionStore
 from .store_records import StoredSession, StoredState
 from .subscribing import Subscriptions
 
 log = logging.getLogger("raftmq.broker")
 
 
-class SessionRegistry:
+class SessionRegistry(NodePart):
     """Every session this node holds, by client id (``by_client``)."""
 
     def __init__(
         self,
+        node: NodeContext,
         by_client: dict[str, Session],
-        config: Config,
-        stats: Stats,
-        store: SessionStore,
-        hooks: ClusterHooks,
         subscriptions: Subscriptions,
         publishing: Publishing,
-        background: Background,
-        extensions: Extensions,
     ) -> None:
+        super().__init__(node)
         self.by_client = by_client
-        self.config = config
-        self.stats = stats
-        self.store = store
-        self.hooks = hooks
         self.subscriptions = subscriptions
         self.publishing = publishing
-        self.background = background
-        self.extensions = extensions
 
     def __len__(self) -> int:
         return len(self.by_client)

@@ -12,19 +12,13 @@ from __future__ import annotations
 import logging
 import time
 
-from .acl import AccessControl
-from .background import Background
-from .config import Config
-from .extensions import Extensions
+from .context import NodeContext, NodePart
 from .fanout import FanOut
-from .hooks import ClusterHooks, ClusterUnavailable
-from .message import Message
+from .hooks import ClusterUnavailable
 from .packets import Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol import ClientProtocol, ProtocolViolation
 from .reason_codes import ReasonCode
-from .retained import RetainedStore
 from .session import Delivery, Subscription
-from .stats import Stats
 from .topics import parse_shared, topic_levels
 
 log = logging.getLogger("raftmq.broker")
@@ -33,28 +27,12 @@ RouteRef = tuple[str | None, str]
 """(share group or None, topic filter): one route of this node in the cluster."""
 
 
-class Subscriptions:
+class Subscriptions(NodePart):
     """Subscribe and unsubscribe for this node's clients."""
 
-    def __init__(
-        self,
-        config: Config,
-        stats: Stats,
-        hooks: ClusterHooks,
-        fanout: FanOut,
-        retained: RetainedStore[Message],
-        acl: AccessControl | None,
-        background: Background,
-        extensions: Extensions,
-    ) -> None:
-        self.config = config
-        self.stats = stats
-        self.hooks = hooks
+    def __init__(self, node: NodeContext, fanout: FanOut) -> None:
+        super().__init__(node)
         self.fanout = fanout
-        self.retained = retained
-        self.acl = acl
-        self.background = background
-        self.extensions = extensions
         self._route_refs: dict[RouteRef, int] = {}
         """Local subscribers per route: the route goes when its count reaches zero."""
 
