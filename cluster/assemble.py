@@ -19,12 +19,12 @@ from raftmq.node.config import Config
 from raftmq.node.hooks import NodeEvents
 from raftmq.node.message import Message
 
-from .admin import AdminService
-from .forwarding import Forwarder, ForwardingSettings
-from .frames import Handover, SharedGroup
-from .raft import RaftNode, RaftOptions
-from .replicated import RaftCluster
-from .rpc import NodeTLS
+from .admin.service import AdminService
+from .forwarding.frames import Handover, SharedGroup
+from .forwarding.transport import Forwarder, ForwardingSettings
+from .replication.raft import RaftNode, RaftOptions
+from .replication.replicated import RaftCluster
+from .tls import NodeTLS
 
 log = logging.getLogger("raftmq.cluster")
 

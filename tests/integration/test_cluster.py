@@ -42,7 +42,7 @@ from rawmqtt import (
     subscribe,
 )
 
-from raftmq.cluster.raft import RaftOptions
+from raftmq.cluster.replication.raft import RaftOptions
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
 

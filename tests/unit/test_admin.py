@@ -16,23 +16,19 @@ from grpc import aio
 from raft_trio import IDS, SECRET, Trio, eventually
 from test_forwarding import _compiled_proto
 
-from raftmq.cluster.admin import (
+from raftmq.cluster.admin.calls import (
     AUTH_KEY,
     NODE_DOWN,
     NONCE_KEY,
     SERVICE,
     STATUS,
     TIME_KEY,
-    AdminCallFailed,
-    AdminClient,
     AdminRejected,
-    AdminService,
     CallChecker,
     call_metadata,
     path,
-    status_report,
 )
-from raftmq.cluster.admin_cli import (
+from raftmq.cluster.admin.cli import (
     AdminCommandFailed,
     ClusterAccess,
     cluster_access,
@@ -40,10 +36,13 @@ from raftmq.cluster.admin_cli import (
     render_node_down,
     render_status,
 )
-from raftmq.cluster.certgen import issue_node_files, node_files
-from raftmq.cluster.forwarding import PeerStatus
-from raftmq.cluster.replicated import RaftCluster
-from raftmq.cluster.rpc import NodeTLS, wrap
+from raftmq.cluster.admin.client import AdminCallFailed, AdminClient
+from raftmq.cluster.admin.service import AdminService, status_report
+from raftmq.cluster.forwarding.transport import PeerStatus
+from raftmq.cluster.replication.replicated import RaftCluster
+from raftmq.cluster.rpc import wrap
+from raftmq.cluster.tls import NodeTLS
+from raftmq.cluster.tools.certgen import issue_node_files, node_files
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 

@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftmq.cluster.state import (
+from raftmq.cluster.replication.commands import (
     AddRoute,
     AddSessionSubscriptions,
     ClaimClient,
     ClaimResult,
-    ClusterState,
     NodeDown,
     NodeDownResult,
     NodeUp,
@@ -36,6 +35,7 @@ from raftmq.cluster.state import (
     StoredSubscription,
     WillRecord,
 )
+from raftmq.cluster.replication.state import ClusterState
 
 WILL = WillRecord("last/words", b"bye", 1, False, {})
 
@@ -391,3 +391,44 @@ def test_the_same_log_gives_the_same_state_and_results(log: list[object], cut: i
     assert late.snapshot() == one.snapshot()
     for topic in ("a/b", "b", "x"):
         assert late.route_targets(topic) == one.route_targets(topic)
+
+
+# -- the log format ------------------------------------------------------------------
+
+LOGGED_COMMANDS = (
+    SetMembers(("n1", "n2")),
+    NodeDown("n2"),
+    NodeUp("n2"),
+    ClaimClient("c1", "n1", False, 60, WillRecord("w", b"x", 1, True, {"content_type": "t"})),
+    ReleaseClient("c1", "n1", 3),
+    AddSessionSubscriptions(
+        "c1", "n1", 3, (StoredSubscription("$share/g/a/#", 1, True, False, 2, 7),)
+    ),
+    RemoveSessionSubscriptions("c1", "n1", 3, ("a",)),
+    RegisterWill("c1", "n1", 3, None),
+    AddRoute("n1", "a/+", "g"),
+    RemoveRoute("n1", "a/+"),
+    SetRetained("t", RetainedRecord(b"p", 1, {}, 12.5)),
+)
+EARLIER_ENTRY = bytes.fromhex(
+    "8005950602000000000000288c14726166746d712e636c75737465722e7374617465948c0a5365744d656d62"
+    "6572739493948c026e31948c026e329486948594529468008c084e6f6465446f776e94939468048594529468"
+    "008c064e6f6465557094939468048594529468008c0b436c61696d436c69656e74949394288c026331946803"
+    "894b3c68008c0a57696c6c5265636f7264949394288c017794430178944b01887d948c0c636f6e74656e745f"
+    "74797065948c01749473749481947494529468008c0d52656c65617365436c69656e74949394681268034b03"
+    "8794529468008c1741646453657373696f6e537562736372697074696f6e7394939428681268034b0368008c"
+    "1253746f726564537562736372697074696f6e949394288c0c2473686172652f672f612f23944b0188894b02"
+    "4b077494819485947494529468008c1a52656d6f766553657373696f6e537562736372697074696f6e739493"
+    "9428681268034b038c01619485947494529468008c0c526567697374657257696c6c94939428681268034b03"
+    "4e7494529468008c08416464526f75746594939468038c03612f2b948c0167948794529468008c0b52656d6f"
+    "7665526f757465949394680368384e8794529468008c0b53657452657461696e6564949394681968008c0e52"
+    "657461696e65645265636f726494939428430170944b017d9447402900000000000074948194869452947494"
+    "2e"
+)
+"""``LOGGED_COMMANDS`` as one Raft entry, pickled by the code before the commands
+moved to ``replication/commands.py`` (then ``raftmq.cluster.state``)."""
+
+
+def test_log_entries_keep_the_format_journals_and_peers_already_hold() -> None:
+    assert pickle.loads(EARLIER_ENTRY) == LOGGED_COMMANDS
+    assert pickle.dumps(LOGGED_COMMANDS, pickle.HIGHEST_PROTOCOL) == EARLIER_ENTRY

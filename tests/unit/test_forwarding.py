@@ -25,22 +25,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc import aio
 
-from raftmq.cluster.forwarding import (
+from raftmq.cluster.forwarding.frames import (
+    Forwarded,
+    Handover,
+    SharedGroup,
+    decode_frame,
+    encode_frame,
+)
+from raftmq.cluster.forwarding.handshake import (
+    PATH,
+    Hello,
+    PeerRejected,
+    check_hello,
+    hello_metadata,
+)
+from raftmq.cluster.forwarding.transport import (
     Forwarder,
     ForwardingSettings,
     UnknownPeer,
 )
-from raftmq.cluster.frames import Forwarded, Handover, SharedGroup, decode_frame, encode_frame
-from raftmq.cluster.rpc import (
-    PATH,
-    Hello,
-    NodeTLS,
-    PeerRejected,
-    check_hello,
-    hello_metadata,
-    unwrap,
-    wrap,
-)
+from raftmq.cluster.rpc import unwrap, wrap
+from raftmq.cluster.tls import NodeTLS
 from raftmq.node.hooks import ClusterUnavailable
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery

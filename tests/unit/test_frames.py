@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftmq.cluster.frames import (
+from raftmq.cluster.forwarding.frames import (
     FORWARDED_PROPERTIES,
     Forwarded,
     FrameError,
@@ -185,7 +185,7 @@ def test_invalid_utf8_in_a_topic_is_a_frame_error() -> None:
 
 
 def _publish_frame(**fields: object) -> bytes:
-    from raftmq.cluster.frames import schema
+    from raftmq.cluster.forwarding.frames import schema
 
     frame = schema.Frame.new_message(seq=fields.pop("seq", 1))
     publish = frame.init("items", 1)[0].init("publish")
@@ -252,7 +252,7 @@ def test_only_frames_py_loads_a_capnp_schema() -> None:
         for path in (ROOT / folder).rglob("*.py")
         if "capnp.load(" in path.read_text()
     ]
-    assert loaders == ["cluster/frames.py"]
+    assert loaders == ["cluster/forwarding/frames.py"]
 
 
 def test_schema_is_found_in_the_checkout_when_installed_editable() -> None:
@@ -287,7 +287,7 @@ def test_wheel_ships_the_schemas_and_loads_the_frames_schema_from_them(tmp_path:
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))
     # -S: no site module, so the editable install's path hook is not active.
     probe = (
-        "from raftmq.cluster import frames; "
+        "from raftmq.cluster.forwarding import frames; "
         "print(frames.schema_path()); "
         "print(frames.decode_frame(frames.encode_frame(1, 0, [], 0.0), 0.0).seq)"
     )

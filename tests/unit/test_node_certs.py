@@ -19,11 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from raftmq.cluster import certgen
 from raftmq.cluster.assemble import build_cluster
-from raftmq.cluster.certgen import (
+from raftmq.cluster.certfiles import load_node_tls
+from raftmq.cluster.cli.cluster_up import cluster_certs, node_config, plan_nodes
+from raftmq.cluster.cli.main import main
+from raftmq.cluster.tls import NodeTLS
+from raftmq.cluster.tools import certgen
+from raftmq.cluster.tools.certgen import (
     issue_node_files,
-    load_node_tls,
     make_ca,
     make_node_certificate,
     node_files,
@@ -31,9 +34,6 @@ from raftmq.cluster.certgen import (
     write_issued,
     write_key,
 )
-from raftmq.cluster.cli import main
-from raftmq.cluster.local_cluster import cluster_certs, node_config, plan_nodes
-from raftmq.cluster.rpc import NodeTLS
 from raftmq.node.config import ConfigError, load_config
 
 SECRET = "unit-test-cluster-secret"

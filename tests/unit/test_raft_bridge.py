@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from raft_trio import IDS, SECRET, Trio, eventually
 
-from raftmq.cluster.raft import (
+from raftmq.cluster.replication.commands import (
+    AddRoute,
+    ClaimClient,
+    ClaimResult,
+    RetainedRecord,
+    SetRetained,
+)
+from raftmq.cluster.replication.raft import (
     DUMP_FILE,
     Applied,
     CommandRejected,
@@ -24,14 +31,7 @@ from raftmq.cluster.raft import (
     RaftStartError,
     raft_password,
 )
-from raftmq.cluster.state import (
-    AddRoute,
-    ClaimClient,
-    ClaimResult,
-    ClusterState,
-    RetainedRecord,
-    SetRetained,
-)
+from raftmq.cluster.replication.state import ClusterState
 from raftmq.node.hooks import ClusterUnavailable
 
 pytestmark = pytest.mark.timeout(60)
@@ -264,6 +264,6 @@ def test_importing_the_raft_bridge_leaves_socket_inet_ntop_working() -> None:
     """pysyncobj swaps in a Windows-only inet_ntop on import; raft.py must undo it."""
     import socket
 
-    import raftmq.cluster.raft  # noqa: F401
+    import raftmq.cluster.replication.raft  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"

@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 from raft_trio import FAST, IDS, Trio, eventually
 
-from raftmq.cluster.frames import Handover
-from raftmq.cluster.raft import RaftOptions
-from raftmq.cluster.replicated import RaftCluster, SharedGroup
-from raftmq.cluster.state import (
+from raftmq.cluster.forwarding.frames import Handover
+from raftmq.cluster.replication.commands import (
     ClaimClient,
     NodeDownResult,
     Owner,
@@ -30,6 +28,8 @@ from raftmq.cluster.state import (
     SetRetained,
     WillRecord,
 )
+from raftmq.cluster.replication.raft import RaftOptions
+from raftmq.cluster.replication.replicated import RaftCluster, SharedGroup
 from raftmq.node.hooks import Claim, ClusterUnavailable, SessionMessages, SessionTransfer
 from raftmq.node.message import Message
 from raftmq.node.packets import Will

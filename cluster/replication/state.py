@@ -1,15 +1,9 @@
 """The replicated state machine: what every node of the cluster agrees on.
 
 ``ClusterState`` is a plain object whose state is a pure function of the
-commands applied to it, in order. It does no I/O, reads no clock and starts
-no thread, so every replica that applies the same Raft log holds the same
-state, and a unit test can drive it by feeding it commands.
-
-Commands are small frozen dataclasses: they travel pickled through the Raft
-log, one log entry carrying a batch of them. Writes on behalf of a client
-carry the (node, epoch) of its claim and are ignored once another claim
-superseded it, so a node that lost a client cannot clobber its new owner's
-state ("fencing").
+commands (``commands.py``) applied to it, in order. It does no I/O, reads no
+clock and starts no thread, so every replica that applies the same Raft log
+holds the same state, and a unit test can drive it by feeding it commands.
 
 Epochs come from one cluster-wide counter: every claim gets a number larger
 than any claim before it. A client's ownership entry can therefore be
@@ -24,225 +18,36 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from raftmq.node.topics import TopicIndex, parse_shared
 
-SNAPSHOT_VERSION = 1
-
-Properties = dict[str, Any]
-RouteKey = tuple[str | None, str]
-"""(share group or None, topic filter)."""
-
-
-# -- records held by the state ---------------------------------------------------
-
-
-class StoredSubscription(NamedTuple):
-    """One subscription of a persistent session, as SUBSCRIBE granted it."""
-
-    topic_filter: str
-    """The full filter, ``$share/group/...`` included for shared subscriptions."""
-    qos: int
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
-    identifier: int | None = None
-
-
-class SessionRecord(NamedTuple):
-    """What of a persistent session follows its client from node to node.
-
-    Queued and in-flight messages stay on the owner node (design.md, "The
-    data"); only the subscriptions and the expiry interval are replicated.
-    """
-
-    expiry_interval: int
-    subscriptions: tuple[StoredSubscription, ...] = ()
-
-
-class WillRecord(NamedTuple):
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: Properties
-
-
-class RetainedRecord(NamedTuple):
-    payload: bytes
-    qos: int
-    properties: Properties
-    expires_at: float | None = None
-    """Wall-clock (time.time()) deadline, stamped by the publishing node, or None."""
-
-
-class Owner(NamedTuple):
-    node_id: str
-    epoch: int
-
-
-# -- commands ------------------------------------------------------------------
-
-
-class _Compact:
-    """Pickles as (class, field values).
-
-    Every command is pickled once and unpickled on every node (twice with the
-    event-loop mirror); this form is 2-3x faster both ways than a dataclass's
-    default (a state tuple, then one setattr per field) and a little smaller.
-    """
-
-    __slots__ = ()
-
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return (type(self), tuple([getattr(self, name) for name in self.__slots__]))
-
-
-@dataclass(frozen=True, slots=True)
-class SetMembers(_Compact):
-    """The node ids of the cluster; persistent sessions are re-homed among them."""
-
-    members: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeDown(_Compact):
-    node_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeUp(_Compact):
-    node_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimClient(_Compact):
-    """A CONNECT on ``node_id``: the client id, its persistent session and its will move there.
-
-    One command carries all three so that a CONNECT costs one commit: a clean
-    start ends any previous session, a session expiry interval above zero
-    keeps (or starts) one, and the will replaces the previous connection's.
-    """
-
-    client_id: str
-    node_id: str
-    clean_start: bool = True
-    expiry_interval: int = 0
-    will: WillRecord | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseClient(_Compact):
-    client_id: str
-    node_id: str
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddSessionSubscriptions(_Compact):
-    """SUBSCRIBE on a persistent session; an existing filter gets its new options."""
-
-    client_id: str
-    node_id: str
-    epoch: int
-    subscriptions: tuple[StoredSubscription, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveSessionSubscriptions(_Compact):
-    client_id: str
-    node_id: str
-    epoch: int
-    topic_filters: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterWill(_Compact):
-    """Record (or, with None, clear) the will of a client its writer owns."""
-
-    client_id: str
-    node_id: str
-    epoch: int
-    will: WillRecord | None
-
-
-@dataclass(frozen=True, slots=True)
-class AddRoute(_Compact):
-    """The first local subscriber of (share_group, topic_filter) appeared on node_id."""
-
-    node_id: str
-    topic_filter: str
-    share_group: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveRoute(_Compact):
-    node_id: str
-    topic_filter: str
-    share_group: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SetRetained(_Compact):
-    """Set (or, with None, clear) the retained message of ``topic``."""
-
-    topic: str
-    retained: RetainedRecord | None
-
-
-Command = (
-    SetMembers
-    | NodeDown
-    | NodeUp
-    | ClaimClient
-    | ReleaseClient
-    | AddSessionSubscriptions
-    | RemoveSessionSubscriptions
-    | RegisterWill
-    | AddRoute
-    | RemoveRoute
-    | SetRetained
+from .commands import (
+    AddRoute,
+    AddSessionSubscriptions,
+    ClaimClient,
+    ClaimResult,
+    NodeDown,
+    NodeDownResult,
+    NodeUp,
+    Owner,
+    RegisterWill,
+    Rejected,
+    ReleaseClient,
+    RemoveRoute,
+    RemoveSessionSubscriptions,
+    RetainedRecord,
+    SessionRecord,
+    SetMembers,
+    SetRetained,
+    StoredSubscription,
+    WillRecord,
 )
 
-ROUTE_COMMANDS = (AddRoute, RemoveRoute, NodeDown)
-"""Commands after which route lookups may answer differently."""
+SNAPSHOT_VERSION = 1
 
-
-# -- results -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    epoch: int
-    previous_owner: str | None
-    previous_epoch: int | None
-    session: SessionRecord | None
-    """The persistent session the client resumes (as it was before this claim), or None:
-    none existed, or the claim was a clean start."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeDownResult:
-    wills: tuple[tuple[str, WillRecord], ...]
-    """(client id, will) of the dead node's clients, to be published once."""
-    rehomed: tuple[tuple[str, Owner], ...]
-    """(client id, new owner) of the dead node's persistent sessions."""
-    released: tuple[str, ...]
-    """Client ids of the dead node that had no persistent session."""
-    fence_epoch: int
-    """An epoch above every claim so far: kicking with it disconnects any stale holder."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A command the state could not apply; every replica rejects it alike."""
-
-    reason: str
-
-
-# -- the state machine -----------------------------------------------------------
+RouteKey = tuple[str | None, str]
+"""(share group or None, topic filter)."""
 
 
 def _rehome_index(client_id: str, live: int) -> int:

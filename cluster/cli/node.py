@@ -1,10 +1,4 @@
-"""The ``raftmq`` command.
-
-Each subcommand is registered by one ``_add_*_command`` function that builds
-its parser and sets ``handler``; ``main`` only parses and dispatches, so new
-subcommands (``bench``, ``certs``, ``passwd``, ``cluster ...``) touch nothing
-else. Handlers return the process exit code.
-"""
+"""``raftmq node``: run one broker node, alone or as a member of a cluster."""
 
 import argparse
 import asyncio
@@ -12,16 +6,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 import uvloop
 
-from raftmq.cluster.bench.cli import add_parser as add_bench_command
-from raftmq.cluster.certs import add_parser as add_certs_command
-from raftmq.cluster.local_cluster import add_parser as add_cluster_command
-from raftmq.cluster.passwd import add_parser as add_passwd_command
 from raftmq.node.config import (
     DEFAULT_LISTEN,
     KEYS,
@@ -34,10 +22,9 @@ from raftmq.node.config import (
 if TYPE_CHECKING:
     from raftmq.node.broker import Broker
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raftmq.cluster.cli")
 
 EXIT_FAILURE = 1
-EXIT_USAGE = 2  # what argparse exits with; a bad config is a usage error too
 
 # Config keys that `raftmq node` also takes as flags (--data-dir for data_dir), with metavars.
 NODE_FLAGS = {
@@ -57,19 +44,8 @@ REPEATED_FLAGS = {"listen": "--listen", "peers": "--peer"}
 """Keys whose flag is given once per list item, replacing the file's list."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raftmq", description="A clustered MQTT broker.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('raftmq')}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_node_command(commands)
-    add_bench_command(commands)
-    add_certs_command(commands)
-    add_passwd_command(commands)
-    add_cluster_command(commands)
-    return parser
 
-
-def _add_node_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     help_of = {key.name: key.help.replace("%", "%%") for key in KEYS}
     node = commands.add_parser(
         "node",
@@ -141,8 +117,8 @@ async def serve_node(config: Config) -> int:
     startup_errors: tuple[type[Exception], ...] = (OSError,)
     if config.cluster_secret is not None:
         # Only clustered nodes load Raft and gRPC.
-        from raftmq.cluster.assemble import build_cluster
-        from raftmq.cluster.raft import RaftStartError
+        from ..assemble import build_cluster
+        from ..replication.raft import RaftStartError
 
         startup_errors = (OSError, RaftStartError)
         try:
@@ -185,12 +161,3 @@ def reload_security_files(broker: "Broker") -> None:
             log.info("SIGHUP: reloaded %s %s (%d entries)", what, part.path, len(part))
     if not any(part is not None for _, part in parts):
         log.info("SIGHUP: no password or ACL file to reload")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except ConfigError as exc:
-        print(f"raftmq: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE

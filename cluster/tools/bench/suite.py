@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from raftmq.cluster.bench.brokers import (
+from raftmq.cluster.tools.bench.brokers import (
     BrokerKind,
     BrokerStartError,
     RunningBroker,

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from raftmq.cluster.bench.machine import port_range
-from raftmq.cluster.bench.plan import Address
-from raftmq.cluster.local_cluster import PORTS_PER_NODE
+from raftmq.cluster.cli.cluster_up import PORTS_PER_NODE
+from raftmq.cluster.tools.bench.machine import port_range
+from raftmq.cluster.tools.bench.plan import Address
 from raftmq.node.codec import encode
 from raftmq.node.packets import Connect
 

@@ -14,8 +14,8 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from raftmq.cluster.bench.plan import CONNECTION_SCENARIOS, BenchConfig
-from raftmq.cluster.bench.worker import PairResult, WorkerResult
+from raftmq.cluster.tools.bench.plan import CONNECTION_SCENARIOS, BenchConfig
+from raftmq.cluster.tools.bench.worker import PairResult, WorkerResult
 
 Report = dict[str, Any]
 

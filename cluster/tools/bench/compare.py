@@ -2,10 +2,10 @@
 
 ``scripts/bench-compare.sh`` installs what is missing and calls this::
 
-    python -m raftmq.cluster.bench.compare [--brokers mosquitto,amqtt,raftmq] [--runs 3] \\
+    python -m raftmq.cluster.tools.bench.compare [--brokers mosquitto,amqtt,raftmq] [--runs 3] \\
         [bench options...]                 # one scenario, a table on stdout
-    python -m raftmq.cluster.bench.compare --all [--smoke] [--only CASE,...]
-                                           # issue 3's table -> results JSON + BENCHMARKS.md
+    python -m raftmq.cluster.tools.bench.compare --all [--smoke] [--only CASE,...]
+                                           # the whole table -> results JSON + BENCHMARKS.md
 
 The first broker named is the baseline of the ratios. A median hides a bad
 run, so the table also shows every run's figure and how many runs were
@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from raftmq.cluster.bench.brokers import Amqtt, BrokerKind, Mosquitto, Raftmq
-from raftmq.cluster.bench.machine import load_average, machine_details, port_range
-from raftmq.cluster.bench.markdown import render_markdown
-from raftmq.cluster.bench.suite import (
+from raftmq.cluster.tools.bench.brokers import Amqtt, BrokerKind, Mosquitto, Raftmq
+from raftmq.cluster.tools.bench.machine import load_average, machine_details, port_range
+from raftmq.cluster.tools.bench.markdown import render_markdown
+from raftmq.cluster.tools.bench.suite import (
     BrokerResult,
     Case,
     Suite,
@@ -307,7 +307,8 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="raftmq-bench-compare-") as workdir:
         suite = Suite(brokers, args.runs, Path(workdir), _groups_recorder(args.groups_file))
         if args.all:
-            command = args.command or "python -m raftmq.cluster.bench.compare " + shlex.join(argv)
+            module = "python -m raftmq.cluster.tools.bench.compare "
+            command = args.command or module + shlex.join(argv)
             results = run_all(args, suite, command)
             print(f"wrote {args.markdown} and {args.results}")
             charts_ok = draw_charts(args)

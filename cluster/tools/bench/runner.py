@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TextIO
 
-from raftmq.cluster.bench.plan import (
+from raftmq.cluster.tools.bench.plan import (
     CONNECTION_SCENARIOS,
     Addresses,
     BenchConfig,
@@ -29,9 +29,9 @@ from raftmq.cluster.bench.plan import (
     build_specs,
     format_address,
 )
-from raftmq.cluster.bench.report import Report, build_report
-from raftmq.cluster.bench.sink import Sink
-from raftmq.cluster.bench.worker import Progress, WorkerResult, watch_pipe, worker_main
+from raftmq.cluster.tools.bench.report import Report, build_report
+from raftmq.cluster.tools.bench.sink import Sink
+from raftmq.cluster.tools.bench.worker import Progress, WorkerResult, watch_pipe, worker_main
 
 TICK = 0.5
 DRAIN_SECONDS = 5.0

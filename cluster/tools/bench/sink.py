@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from raftmq.cluster.bench.client import read_varint
+from raftmq.cluster.tools.bench.client import read_varint
 from raftmq.node.codec import Decoder, MQTTProtocolError, encode
 from raftmq.node.packets import (
     Connack,

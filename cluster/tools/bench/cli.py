@@ -13,9 +13,9 @@ import sys
 
 import uvloop
 
-from raftmq.cluster.bench.plan import SCENARIOS, Address, BenchConfig, default_processes
-from raftmq.cluster.bench.report import render_table
-from raftmq.cluster.bench.runner import BenchError, run_bench
+from raftmq.cluster.tools.bench.plan import SCENARIOS, Address, BenchConfig, default_processes
+from raftmq.cluster.tools.bench.report import render_table
+from raftmq.cluster.tools.bench.runner import BenchError, run_bench
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -2,7 +2,7 @@
 
 ``scripts/bench-cluster.sh`` installs what is missing and calls this::
 
-    python -m raftmq.cluster.bench.cluster_compare [--runs 3] [--json FILE] [--smoke]
+    python -m raftmq.cluster.tools.bench.cluster_compare [--runs 3] [--json FILE] [--smoke]
 
 Three deployments, each started fresh for every run on loopback: Mosquitto,
 one ``raftmq node``, and a ``raftmq cluster up --nodes 3``. Each case runs
@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from raftmq.cluster.bench.brokers import (
+from raftmq.cluster.tools.bench.brokers import (
     BrokerStartError,
     Mosquitto,
     Raftmq,
@@ -47,10 +47,10 @@ from raftmq.cluster.bench.brokers import (
     start_broker,
     start_cluster,
 )
-from raftmq.cluster.bench.compare import REPO
-from raftmq.cluster.bench.machine import load_average, machine_details
-from raftmq.cluster.bench.plan import Address, format_address
-from raftmq.cluster.bench.suite import (
+from raftmq.cluster.tools.bench.compare import REPO
+from raftmq.cluster.tools.bench.machine import load_average, machine_details
+from raftmq.cluster.tools.bench.plan import Address, format_address
+from raftmq.cluster.tools.bench.suite import (
     BrokerResult,
     Case,
     Metric,
@@ -376,7 +376,7 @@ def main(argv: Sequence[str]) -> int:
     results: dict[str, Any] = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": args.command
-        or "python -m raftmq.cluster.bench.cluster_compare " + shlex.join(argv),
+        or "python -m raftmq.cluster.tools.bench.cluster_compare " + shlex.join(argv),
         "smoke": args.smoke,
         "runs_per_case": args.runs,
         "machine": machine_details(REPO),

@@ -25,7 +25,7 @@ from typing import Any
 
 import uvloop
 
-from raftmq.cluster.bench.client import (
+from raftmq.cluster.tools.bench.client import (
     KEEPALIVE,
     PINGREQ,
     HandshakeError,
@@ -34,7 +34,7 @@ from raftmq.cluster.bench.client import (
     Subscriber,
     probe_packet,
 )
-from raftmq.cluster.bench.plan import (
+from raftmq.cluster.tools.bench.plan import (
     Address,
     PublisherPlan,
     SubscriberPlan,

@@ -63,6 +63,8 @@ from grpc import aio
 from raftmq.node.hooks import ClusterUnavailable
 from raftmq.node.message import Message
 
+from ..rpc import channel_options, common_options, unwrap, wrap
+from ..tls import NodeTLS
 from .frames import (
     MAX_FRAME_BYTES,
     Forwarded,
@@ -74,23 +76,18 @@ from .frames import (
     decode_frame,
     encode_frame,
 )
-from .rpc import (
+from .handshake import (
     METHOD,
     NODE_KEY,
     PATH,
     SERVICE,
-    NodeTLS,
     PeerRejected,
-    channel_options,
     check_hello,
     check_identity,
-    common_options,
     hello_metadata,
-    unwrap,
-    wrap,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raftmq.cluster.forwarding")
 
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[bytes], Awaitable[None]]
@@ -652,7 +649,7 @@ class Forwarder:
         """Keep one stream to ``link``'s peer open; the channel lives as long as this task."""
         settings = self.settings
         backoff = (settings.reconnect_min, settings.reconnect_max)
-        options = channel_options(link.node_id, self.tls, settings.keepalive, backoff)
+        options = channel_options(link.node_id, self.tls is not None, settings.keepalive, backoff)
         if self.tls is not None:
             channel = aio.secure_channel(address, self.tls.channel_credentials(), options=options)
         else:

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raftmq.cluster.bench.suite import problems, reduction_note
-from raftmq.cluster.bench.targets import MET, NOT_MET, evaluate
+from raftmq.cluster.tools.bench.suite import problems, reduction_note
+from raftmq.cluster.tools.bench.targets import MET, NOT_MET, evaluate
 
 Results = dict[str, Any]
 

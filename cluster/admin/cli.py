@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from raftmq.node.config import ConfigError, load_config
 
 if TYPE_CHECKING:
-    from .admin import AdminClient
-    from .rpc import NodeTLS
+    from ..tls import NodeTLS
+    from .client import AdminClient
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -67,7 +67,7 @@ class ClusterAccess:
         return address
 
     def client(self, node_id: str, timeout: float) -> AdminClient:
-        from .admin import AdminClient
+        from .client import AdminClient
 
         address = self.address_of(node_id)
         return AdminClient(node_id, address, self.secret, self.tls, timeout)
@@ -81,7 +81,7 @@ def cluster_access(config_file: Path | None, directory: Path | None) -> ClusterA
         raise ConfigError(f"{path}: no 'cluster_secret': not the config of a cluster node")
     addresses = {config.node_id: config.grpc_listen}
     addresses.update((peer.node_id, peer.grpc) for peer in config.peers)
-    from .rpc import NodeTLS  # here: grpc loads only for the commands that call nodes
+    from ..tls import NodeTLS  # here: grpc loads only for the commands that call nodes
 
     tls = NodeTLS.of_node(config)
     secret = config.cluster_secret.encode()
@@ -162,7 +162,7 @@ def _run(
     work: Callable[[], Coroutine[Any, Any, Report]],
     render: Callable[[Report], str],
 ) -> int:
-    from .admin import AdminCallFailed
+    from .client import AdminCallFailed
 
     try:
         report = asyncio.run(work())
@@ -184,7 +184,7 @@ async def _ask_status(access: ClusterAccess, node_id: str, timeout: float) -> Re
 async def declare_down(access: ClusterAccess, dead: str, first: str, timeout: float) -> Report:
     """Find the leader (asking ``first``, then the other nodes but ``dead``) and have it
     declare ``dead`` down; follows the leader's redirect once if leadership moved."""
-    from .admin import AdminCallFailed
+    from .client import AdminCallFailed
 
     asked = [first, *access.addresses]
     failures: list[str] = []

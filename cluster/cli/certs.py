@@ -18,7 +18,7 @@ for mutual TLS between nodes (``cluster_tls_*`` keys).
 
 Private keys are mode 0600 and never printed. Existing files are not
 overwritten unless ``--force`` is given (and ``node`` never replaces the CA). The
-certificates themselves are made by ``raftmq.cluster.certgen``, imported only
+certificates themselves are made by ``raftmq.cluster.tools.certgen``, imported only
 when this command runs.
 """
 
@@ -97,7 +97,7 @@ def _add_node_parser(actions: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def _run_init(args: argparse.Namespace) -> int:
-    from raftmq.cluster.certgen import DEFAULT_SERVER_NAMES, init
+    from ..tools.certgen import DEFAULT_SERVER_NAMES, init
 
     try:
         paths = init(args.dir, args.name, client_name=args.client_name, force=args.force)
@@ -122,7 +122,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from raftmq.cluster.certgen import issue_node_files, node_files
+    from ..tools.certgen import issue_node_files, node_files
 
     if_exists = "replace" if args.force else "refuse"
     try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 if TYPE_CHECKING:
-    from raftmq.cluster.certgen import NodeFiles
+    from ..tools.certgen import NodeFiles
 
 PORTS_PER_NODE = 3
 START_TIMEOUT = 30.0
@@ -42,7 +42,7 @@ LISTENING = "listening on "
 NODE_COMMAND = (
     sys.executable,
     "-c",
-    "import sys; from raftmq.cluster.cli import main; sys.exit(main())",
+    "import sys; from raftmq.cluster.cli.main import main; sys.exit(main())",
     "node",
 )
 """Runs this very installation's ``raftmq node``, whatever is first on PATH."""
@@ -102,7 +102,7 @@ def cluster_certs(directory: Path, plans: list[NodePlan]) -> dict[str, NodeFiles
     """Each node's TLS files in ``directory``: a CA and node certificates, made on
     first use; later runs keep those still signed by the CA and add what is missing."""
     # Imported here: only `cluster up` pays for loading cryptography.
-    from raftmq.cluster.certgen import issue_node_files, node_files
+    from ..tools.certgen import issue_node_files, node_files
 
     ids = [plan.node_id for plan in plans]
     try:
@@ -255,7 +255,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--dir", type=Path, required=True, metavar="D", help="directory for the nodes' files"
     )
     up.set_defaults(handler=_run_up)
-    from .admin_cli import add_commands as add_admin_commands  # status, node-down
+    from ..admin.cli import add_commands as add_admin_commands  # status, node-down
 
     add_admin_commands(commands)
 

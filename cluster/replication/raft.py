@@ -51,7 +51,8 @@ from pysyncobj.syncobj import SyncObjException  # noqa: E402
 
 from raftmq.node.hooks import ClusterUnavailable  # noqa: E402
 
-from .state import ClusterState, Rejected  # noqa: E402
+from .commands import Rejected  # noqa: E402
+from .state import ClusterState  # noqa: E402
 
 socket.inet_ntop = _inet_ntop
 

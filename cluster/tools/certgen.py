@@ -1,5 +1,5 @@
-"""Certificates: a private CA and the leaf certificates it signs, for development,
-tests and cluster nodes; and the check of a node's configured certificate files.
+"""Making certificates: a private CA and the leaf certificates it signs, for
+development, tests and cluster nodes.
 
 Kept apart from the ``raftmq certs`` command so that the ``cryptography``
 import (over 100 ms) is paid only when certificates are really made, not by
@@ -15,7 +15,7 @@ from another CA, ones naming a given user.
 
 Node certificates (``raftmq certs node``, ``raftmq cluster up``) authenticate
 both ends of the forwarding streams between nodes, so each names its node id
-(CN and DNS SAN, which ``rpc.check_identity`` and gRPC's target name check
+(CN and DNS SAN, which ``handshake.check_identity`` and gRPC's target name check
 look at) and carries both server and client authentication.
 """
 
@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from raftmq.node.config import NODE_ID_ALLOWED, NODE_ID_PATTERN, ConfigError
+from raftmq.node.config import NODE_ID_ALLOWED, NODE_ID_PATTERN
 from raftmq.node.files import write_atomically
 
-log = logging.getLogger("raftmq.cluster")
+from ..certfiles import PrivateKey, issued_by, parse_certificates, parse_key, same_public_key
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest validity Apple's TLS stack accepts for server certificates
@@ -51,9 +48,6 @@ FILES = (CA_CERT, CA_KEY, "server.crt", "server.key", "client.crt", "client.key"
 RESERVED_NODE_IDS = ("ca",)
 """Node ids whose ``<id>.crt``/``<id>.key`` would be the CA's own files."""
 IF_EXISTS = ("refuse", "replace", "keep")
-
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-"""What can sign here: the keys made here are EC; a CA brought by the user may be RSA."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,52 +267,18 @@ def make_node_certificate(ca: Issued, node_id: str, names: Sequence[str] = ()) -
     return make_certificate(ca, node_id, server_names=[x509.DNSName(node_id), *names], client=True)
 
 
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
-
-
-def _parse_key(data: bytes, where: object) -> PrivateKey:
-    """The unencrypted EC or RSA private key in ``data``; ValueError naming ``where``."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise ValueError(f"{where}: the key is encrypted; an unencrypted key is needed") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{where}: not a PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ValueError(f"{where}: a {type(key).__name__} cannot sign here; use EC or RSA")
-    return key
-
-
-def _parse_certificates(data: bytes, where: object) -> list[x509.Certificate]:
-    """Every PEM certificate in ``data`` (at least one); ValueError naming ``where``."""
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"{where}: no PEM certificate in it") from None
-
-
 def load_ca(directory: Path) -> Issued:
     """The CA in ``directory`` (``ca.crt``, ``ca.key``); OSError or ValueError naming the file."""
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
-    cert = _parse_certificates(cert_path.read_bytes(), cert_path)[0]
-    key = _parse_key(key_path.read_bytes(), key_path)
+    cert = parse_certificates(cert_path.read_bytes(), cert_path)[0]
+    key = parse_key(key_path.read_bytes(), key_path)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
     if not is_ca:
         raise ValueError(f"{cert_path}: not a CA certificate")
-    if not _same_public_key(key, cert):
+    if not same_public_key(key, cert):
         raise ValueError(f"{key_path} is not the key of {cert_path}")
     return Issued(key, cert)
 
@@ -372,74 +332,7 @@ def _still_valid(files: NodeFiles, ca: Issued) -> bool:
     if not (files.cert.exists() and files.key.exists()):
         return False
     try:
-        cert = _parse_certificates(files.cert.read_bytes(), files.cert)[0]
+        cert = parse_certificates(files.cert.read_bytes(), files.cert)[0]
     except (OSError, ValueError):
         return False
-    return _issued_by(cert, ca.cert)
-
-
-def certificate_names(cert: x509.Certificate) -> list[str]:
-    """The names a peer's ``check_identity`` accepts the certificate for: CN and DNS SANs."""
-    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        names += san.get_values_for_type(x509.DNSName)
-    return list(dict.fromkeys(names))
-
-
-@contextmanager
-def _blaming(config_key: str) -> Iterator[None]:
-    """Turn the ValueError of a file's contents into a ConfigError naming the config key."""
-    try:
-        yield
-    except ValueError as exc:
-        raise ConfigError(f"key {config_key!r}: {exc}") from None
-
-
-def load_node_tls(node_id: str, ca: str, cert: str, key: str) -> tuple[bytes, bytes, bytes]:
-    """The bytes of ``cluster_tls_ca``, ``cluster_tls_cert`` and ``cluster_tls_key``, checked.
-
-    gRPC would take unreadable or mismatched files without a word and fail
-    every handshake, so they are checked here, at startup: ConfigError names
-    the key and the file. A certificate that does not name ``node_id`` or that
-    ``ca`` did not sign only gets a warning: the node runs and its peers
-    refuse its streams, exactly as they refuse a node that never ran this
-    check; the warning tells the operator why before they look at the peers.
-    """
-    paths = {"cluster_tls_ca": ca, "cluster_tls_cert": cert, "cluster_tls_key": key}
-    data: dict[str, bytes] = {}
-    for config_key, path in paths.items():
-        try:
-            data[config_key] = Path(path).read_bytes()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(f"key {config_key!r}: cannot read {path!r}: {reason}") from None
-    with _blaming("cluster_tls_ca"):
-        cas = _parse_certificates(data["cluster_tls_ca"], repr(ca))
-    with _blaming("cluster_tls_cert"):
-        leaf = _parse_certificates(data["cluster_tls_cert"], repr(cert))[0]
-    with _blaming("cluster_tls_key"):
-        private = _parse_key(data["cluster_tls_key"], repr(key))
-    if not _same_public_key(private, leaf):
-        raise ConfigError(
-            f"key 'cluster_tls_key': {key!r} is not the key of the certificate in {cert!r}"
-        )
-    names = certificate_names(leaf)
-    if node_id not in names:
-        log.warning(
-            "cluster_tls_cert %r names %s, not this node %r: peers will refuse its streams",
-            cert,
-            names,
-            node_id,
-        )
-    if not any(_issued_by(leaf, authority) for authority in cas):
-        log.warning(
-            "cluster_tls_cert %r is not signed by cluster_tls_ca %r: peers that trust that CA "
-            "will refuse its streams",
-            cert,
-            ca,
-        )
-    return data["cluster_tls_ca"], data["cluster_tls_cert"], data["cluster_tls_key"]
+    return issued_by(cert, ca.cert)

@@ -40,15 +40,13 @@ from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
 from raftmq.node.topics import parse_shared
 
-from .frames import Handover
-from .raft import Applied, RaftNode, RaftStatus
-from .state import (
+from ..forwarding.frames import Handover
+from .commands import (
     ROUTE_COMMANDS,
     AddRoute,
     AddSessionSubscriptions,
     ClaimClient,
     ClaimResult,
-    ClusterState,
     NodeDown,
     NodeDownResult,
     NodeUp,
@@ -63,6 +61,8 @@ from .state import (
     StoredSubscription,
     WillRecord,
 )
+from .raft import Applied, RaftNode, RaftStatus
+from .state import ClusterState
 
 log = logging.getLogger("raftmq.cluster")
 
