@@ -24,6 +24,7 @@ from .forwarding.frames import Handover, SharedGroup
 from .forwarding.transport import Forwarder, ForwardingSettings
 from .replication.raft import RaftNode, RaftOptions
 from .replication.replicated import RaftCluster
+from .server import GrpcServer
 from .tls import NodeTLS
 
 log = logging.getLogger("raftmq.cluster")
@@ -63,13 +64,18 @@ class NodeCluster(RaftCluster):
         events: PeerEvents,
         peer_grpc: dict[str, str],
         members: Sequence[str],
+        listen: str,
+        tls: NodeTLS | None,
     ) -> None:
         super().__init__(raft, forwarder, members)
         self.forwarder = forwarder
         self._events = events
         self._peer_grpc = peer_grpc
+        services = [forwarder.service()]
         if forwarder.secret is not None:  # admin callers prove they know it
-            forwarder.add_service(AdminService(self, forwarder, forwarder.secret).handler())
+            services.append(AdminService(self, forwarder, forwarder.secret).handler())
+        keepalive = forwarder.settings.keepalive
+        self.server = GrpcServer(listen, services, tls=tls, keepalive=keepalive)
 
     def attach(self, node: NodeEvents) -> None:
         super().attach(node)
@@ -77,7 +83,7 @@ class NodeCluster(RaftCluster):
         self._events.cluster = self
 
     async def start(self) -> None:
-        await self.forwarder.start()
+        await self.server.start()
         for node_id, address in sorted(self._peer_grpc.items()):
             self.forwarder.add_peer(node_id, address)
         await super().start()
@@ -86,6 +92,7 @@ class NodeCluster(RaftCluster):
         try:
             await super().stop()
         finally:
+            await self.server.stop()
             await self.forwarder.stop()
 
 
@@ -104,9 +111,7 @@ def build_cluster(
         config.node_id, config.raft_listen, raft_peers, config.data_dir, secret, raft_options
     )
     events = PeerEvents()
-    forwarder = Forwarder(
-        config.node_id, config.grpc_listen, events, tls=tls, secret=secret, settings=forwarding
-    )
+    forwarder = Forwarder(config.node_id, events, tls=tls, secret=secret, settings=forwarding)
     members = [config.node_id, *raft_peers]
     peer_grpc = {peer.node_id: peer.grpc for peer in config.peers}
-    return NodeCluster(raft, forwarder, events, peer_grpc, members)
+    return NodeCluster(raft, forwarder, events, peer_grpc, members, config.grpc_listen, tls)

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -45,6 +46,7 @@ from raftmq.cluster.forwarding.transport import (
     UnknownPeer,
 )
 from raftmq.cluster.rpc import unwrap, wrap
+from raftmq.cluster.server import GrpcServer
 from raftmq.cluster.tls import NodeTLS
 from raftmq.node.hooks import ClusterUnavailable
 from raftmq.node.message import Message
@@ -233,30 +235,56 @@ class Certs:
         return NodeTLS(self.ca_pem, cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
+class Node:
+    """A forwarder and the gRPC server that serves its stream, as a node runs them;
+    everything else is the forwarder's."""
+
+    def __init__(self, forwarder: Forwarder, server: GrpcServer) -> None:
+        self.forwarder = forwarder
+        self.server = server
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.forwarder.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.forwarder, name)
+
+
 class Cluster:
     """Forwarders on loopback ports, stopped (with their proxies) when the test ends."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, Forwarder] = {}
+        self.nodes: dict[str, Node] = {}
         self.recorders: dict[str, Recorder] = {}
         self.proxies: list[TcpProxy] = []
 
-    async def node(self, node_id: str, port: int = 0, **options: object) -> Forwarder:
+    async def node(self, node_id: str, port: int = 0, **options: Any) -> Node:
         options.setdefault("settings", FAST)
         recorder = self.recorders.setdefault(node_id, Recorder())
-        forwarder = Forwarder(node_id, f"127.0.0.1:{port}", recorder, **options)  # type: ignore[arg-type]
-        await forwarder.start()
-        self.nodes[node_id] = forwarder
-        return forwarder
+        forwarder = Forwarder(node_id, recorder, **options)
+        server = GrpcServer(
+            f"127.0.0.1:{port}",
+            [forwarder.service()],
+            tls=options.get("tls"),
+            keepalive=options["settings"].keepalive,
+        )
+        await server.start()
+        node = self.nodes[node_id] = Node(forwarder, server)
+        return node
 
-    async def proxy(self, target: Forwarder) -> TcpProxy:
+    async def proxy(self, target: Node) -> TcpProxy:
         assert target.port is not None
         proxy = TcpProxy(target.port)
         await proxy.start()
         self.proxies.append(proxy)
         return proxy
 
-    def link(self, a: Forwarder, b: Forwarder, via: TcpProxy | None = None) -> None:
+    def link(self, a: Node, b: Node, via: TcpProxy | None = None) -> None:
         """Introduce two nodes to each other, as static membership does."""
         a.add_peer(
             b.node_id, via.address if via and a.node_id < b.node_id else f"127.0.0.1:{b.port}"
@@ -287,7 +315,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         await c.close()
 
 
-async def two(cluster: Cluster, **options: object) -> tuple[Forwarder, Forwarder]:
+async def two(cluster: Cluster, **options: Any) -> tuple[Node, Node]:
     a = await cluster.node("node1", **options)
     b = await cluster.node("node2", **options)
     cluster.link(a, b)
@@ -694,13 +722,13 @@ async def test_garbage_from_an_accepting_peer_is_a_broken_peer_not_a_crash(
 class ScriptedPeer:
     """Plays node1 on a fake stream to node2's link, frame by frame."""
 
-    def __init__(self, forwarder: Forwarder, incarnation: int) -> None:
+    def __init__(self, forwarder: Node, incarnation: int) -> None:
         self.forwarder = forwarder
         self.incarnation = incarnation
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        link = forwarder._links["node1"]  # the link under test
-        self.task = asyncio.create_task(link.accept(self._read, self._write, incarnation))
+        channel = forwarder._channels["node1"]  # the channel under test
+        self.task = asyncio.create_task(channel.accept(self._read, self._write, incarnation))
 
     async def _read(self) -> object:
         return await self.inbox.get()
@@ -733,14 +761,14 @@ class ScriptedPeer:
 
 
 @pytest.fixture
-async def node2(cluster: Cluster) -> Forwarder:
+async def node2(cluster: Cluster) -> Node:
     forwarder = await cluster.node("node2")
     forwarder.add_peer("node1", None)
     return forwarder
 
 
 async def test_duplicates_are_dropped_and_acknowledged_again(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a", "b")
@@ -755,7 +783,7 @@ async def test_duplicates_are_dropped_and_acknowledged_again(
 
 
 async def test_a_gap_left_by_discarded_frames_is_tolerated(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a")
@@ -768,7 +796,7 @@ async def test_a_gap_left_by_discarded_frames_is_tolerated(
 
 
 async def test_a_restarted_peer_starts_a_new_receive_cursor(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     first = ScriptedPeer(node2, incarnation=11)
     first.send(1, "a")
@@ -783,7 +811,7 @@ async def test_a_restarted_peer_starts_a_new_receive_cursor(
 
 
 async def test_an_ack_meant_for_a_previous_process_is_ignored(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     pending = node2.send(["node1"], msg("to node1"))
@@ -798,7 +826,7 @@ async def test_an_ack_meant_for_a_previous_process_is_ignored(
 
 
 async def test_unacknowledged_frames_are_resent_first_on_a_new_stream(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     first = ScriptedPeer(node2, incarnation=11)
     pending = [node2.send(["node1"], msg("one")), node2.send(["node1"], msg("two"))]
@@ -816,7 +844,7 @@ async def test_unacknowledged_frames_are_resent_first_on_a_new_stream(
 
 
 async def test_a_failing_handler_does_not_wedge_the_stream(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     def explode(message: Message) -> None:
         if message.payload == b"bad":
@@ -831,7 +859,7 @@ async def test_a_failing_handler_does_not_wedge_the_stream(
 
 
 async def test_an_item_that_cannot_be_encoded_fails_its_sender_only(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     good = node2.send(["node1"], msg("good"))
