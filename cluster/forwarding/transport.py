@@ -17,12 +17,12 @@ link makes of everything queued: one frame. Batching comes from the loop,
 not from timers.
 
 Receiving. The reader hands each new item of a frame to the node's
-handlers, in order; the link acknowledges the frame with the next frame
+``PeerInbox``, in order; the link acknowledges the frame with the next frame
 out. Because one peer's frames are handled strictly in order, order per
 (publisher node, topic) holds. (A receiver that restarts loses its cursor
 with the rest of its memory: the new process gets again what the old one
 handled but had not acknowledged.) A forwarded publish is handed to
-``on_publish`` only: it is never forwarded again, by construction.
+``publish_from_peer`` only: it is never forwarded again, by construction.
 
 Backpressure. QoS 1/2 sends return an awaitable that completes when every
 target acknowledged the message, which is also when its place in the link
@@ -85,7 +85,7 @@ log = logging.getLogger("raftmq.cluster.forwarding")
 Read = Callable[[], Awaitable[Any]]
 Write = Callable[[bytes], Awaitable[None]]
 
-__all__ = ["Forwarder", "ForwardingHandlers", "ForwardingSettings", "PeerStatus", "UnknownPeer"]
+__all__ = ["Forwarder", "ForwardingSettings", "PeerInbox", "PeerStatus", "UnknownPeer"]
 
 
 class StreamEnded(Exception):
@@ -96,23 +96,23 @@ class UnknownPeer(ValueError):
     """A send named a node this forwarder has no link to (see ``add_peer``)."""
 
 
-class ForwardingHandlers(Protocol):
-    """What a node does with what its peers send. Called on the event loop.
+class PeerInbox(Protocol):
+    """Where what peers send goes (``RaftCluster``). Called on the event loop.
 
-    Handlers are synchronous on purpose: a frame is acknowledged once they
-    have returned for each of its items, and a stream can break only between
-    frames, never half way through one. An exception is logged and the item
-    counted as handled, so one bad item cannot wedge the stream.
+    Synchronous on purpose: a frame is acknowledged once these have returned
+    for each of its items, and a stream can break only between frames, never
+    half way through one. An exception is logged and the item counted as
+    handled, so one bad item cannot wedge the stream.
     """
 
-    def on_publish(
+    def publish_from_peer(
         self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
     ) -> None:
         """Deliver to local subscribers only (and to ``shared_groups`` here)."""
 
-    def on_kick(self, origin: str, client_id: str, epoch: int) -> None: ...
+    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None: ...
 
-    def on_handover(self, origin: str, handover: Handover) -> None: ...
+    def handover_from_peer(self, origin: str, handover: Handover) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -251,13 +251,16 @@ class PeerChannel:
         self, read: Read, write: Write, peer_incarnation: int, stop: asyncio.Event | None = None
     ) -> None:
         """Exchange frames until the stream breaks (or ``stop`` is set); raises what ended it."""
+        inbox = self.forwarder.inbox
+        if inbox is None:
+            raise StreamEnded(f"node {self.forwarder.node_id!r}: forwarding not started")
         self.link.stream_started(peer_incarnation)
         self.connected = True
         if self.give_up_timer is not None:
             self.give_up_timer.cancel()
             self.give_up_timer = None
         tasks = [
-            asyncio.create_task(self._read_loop(read)),
+            asyncio.create_task(self._read_loop(read, inbox)),
             asyncio.create_task(self._write_loop(write)),
         ]
         if stop is not None:
@@ -292,9 +295,8 @@ class PeerChannel:
                 await write(data)
                 link.count_sent()
 
-    async def _read_loop(self, read: Read) -> None:
+    async def _read_loop(self, read: Read, inbox: PeerInbox) -> None:
         origin = self.node_id
-        handlers = self.forwarder.handlers
         link = self.link
         while True:
             raw = await read()
@@ -305,11 +307,11 @@ class PeerChannel:
             for item in items:
                 try:
                     if type(item) is Forwarded:
-                        handlers.on_publish(origin, item.message, item.shared_groups)
+                        inbox.publish_from_peer(origin, item.message, item.shared_groups)
                     elif type(item) is Kick:
-                        handlers.on_kick(origin, item.client_id, item.epoch)
+                        inbox.kick_from_peer(origin, item.client_id, item.epoch)
                     else:
-                        handlers.on_handover(origin, item)
+                        inbox.handover_from_peer(origin, item)
                 except Exception:
                     log.exception("from node %r: handling %r failed", origin, item)
             if link.ack_due:
@@ -341,14 +343,17 @@ class Forwarder:
     def __init__(
         self,
         node_id: str,
-        handlers: ForwardingHandlers,
+        peers: Mapping[str, str] | None = None,
         *,
         tls: NodeTLS | None = None,
         secret: str | bytes | None = None,
         settings: ForwardingSettings | None = None,
     ) -> None:
+        """``peers``: node id -> "host:port" of each peer's gRPC server, known at ``start``."""
         self.node_id = node_id
-        self.handlers = handlers
+        self.inbox: PeerInbox | None = None
+        """Where what peers send goes; given by ``start``, streams are refused before."""
+        self._peers = dict(peers or {})
         self.tls = tls
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.settings = settings or ForwardingSettings()
@@ -362,6 +367,14 @@ class Forwarder:
         """The stream method, for the node's gRPC server to serve (``server.GrpcServer``)."""
         handler = grpc.stream_stream_rpc_method_handler(self._serve)
         return grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
+
+    def start(self, inbox: PeerInbox) -> None:
+        """Hand what peers send to ``inbox`` from now on; dial the peers given at first."""
+        if self.inbox is not None:
+            raise RuntimeError(f"node {self.node_id!r}: forwarding started twice")
+        self.inbox = inbox
+        for node_id, address in sorted(self._peers.items()):
+            self.add_peer(node_id, address)
 
     async def stop(self) -> None:
         """Close every channel: waiting publishers fail, dialers and streams end.
@@ -379,6 +392,8 @@ class Forwarder:
 
     def add_peer(self, node_id: str, address: str | None) -> None:
         """Know ``node_id`` (at ``address``, "host:port"); dial it if our id sorts first."""
+        if self.inbox is None:
+            raise RuntimeError(f"node {self.node_id!r}: add_peer before start")
         if node_id == self.node_id:
             raise ValueError(f"node {node_id!r} cannot be its own peer")
         channel = self._channels.get(node_id)
@@ -505,8 +520,9 @@ class Forwarder:
     # -- accepting ----------------------------------------------------------------
 
     async def _serve(self, request_iterator: Any, context: aio.ServicerContext) -> None:
-        if self._stopping:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.node_id!r} is stopping")
+        if self._stopping or self.inbox is None:
+            state = "stopping" if self._stopping else "not started"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.node_id!r} is {state}")
         try:
             hello = check_hello(context.invocation_metadata(), "dial", self.node_id, self.secret)
             if self.tls is not None:

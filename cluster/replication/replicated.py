@@ -22,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from raftmq.node.hooks import (
     Claim,
@@ -38,7 +37,6 @@ from raftmq.node.hooks import (
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
-from raftmq.node.topics import parse_shared
 
 from ..forwarding.frames import Handover
 from .commands import (
@@ -58,22 +56,34 @@ from .commands import (
     SessionRecord,
     SetMembers,
     SetRetained,
-    StoredSubscription,
-    WillRecord,
 )
+from .convert import (
+    retained_message,
+    retained_record,
+    session_transfer,
+    stored_subscription,
+    will_record,
+)
+from .handovers import Handovers
 from .raft import Applied, RaftNode, RaftStatus
 from .state import ClusterState
+
+if TYPE_CHECKING:
+    from ..forwarding.transport import PeerInbox
 
 log = logging.getLogger("raftmq.cluster")
 
 DEFAULT_PLAN_CACHE_SIZE = 65_536
 ANNOUNCE_RETRY = 1.0
-HANDOVER_TIMEOUT = 3.0
-"""How long a CONNECT that resumes a session from another node waits for its messages."""
 
 
-class Forwarder(Protocol):
-    """Carries a publish to other nodes (gRPC streams; see cluster/forwarding.py)."""
+class Peers(Protocol):
+    """What carries this node's messages to the others (``forwarding.transport.Forwarder``)."""
+
+    def start(self, inbox: PeerInbox) -> None:
+        """Open the streams to the peers; what they send from now on goes to ``inbox``."""
+
+    async def stop(self) -> None: ...
 
     def send(
         self,
@@ -93,6 +103,14 @@ class Forwarder(Protocol):
 
     def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
         """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
+
+
+class Service(Protocol):
+    """Something the node runs beside Raft (its gRPC server)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +139,27 @@ class ClusterStatus:
 
 
 class RaftCluster:
-    """The replicated ``ClusterHooks``; see the module docstring."""
+    """The replicated ``ClusterHooks``, and the ``PeerInbox`` of this node's forwarding
+    (what peers send reaches the node through it); see the module docstring."""
 
     def __init__(
         self,
         raft: RaftNode,
-        forwarder: Forwarder,
+        peers: Peers,
         members: Sequence[str] | None = None,
+        *,
+        services: Sequence[Service] = (),
         plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
     ) -> None:
         """``members``: the cluster's node ids, committed at start so that a dead
-        node's persistent sessions can be re-homed among the live ones."""
+        node's persistent sessions can be re-homed among the live ones.
+        ``services`` start (in order) once ``peers`` stream to this cluster and
+        before Raft, so that what Raft commits at startup can be served at once;
+        they stop, in reverse, after Raft."""
         self.node_id = raft.node_id
         self.raft = raft
-        self._forwarder = forwarder
+        self.peers = peers
+        self._services = tuple(services)
         self._members = tuple(sorted(members)) if members is not None else None
         self._node: NodeEvents | None = None
         self._claims: dict[str, int] = {}
@@ -144,9 +169,7 @@ class RaftCluster:
         self._plan_cache_size = plan_cache_size
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.handover_timeout = HANDOVER_TIMEOUT
-        self._handovers: dict[tuple[str, int], asyncio.Future[Handover]] = {}
-        """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
+        self.handovers = Handovers()
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
         raft.add_listener(self._on_applied)
@@ -163,6 +186,9 @@ class RaftCluster:
         self._node = node
 
     async def start(self) -> None:
+        self.peers.start(self)
+        for service in self._services:
+            await service.start()
         await self.raft.start()
         self._background(self._announce())
         self._background(self._reconcile_when_caught_up())
@@ -171,7 +197,12 @@ class RaftCluster:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.raft.stop()
+        try:
+            await self.raft.stop()
+        finally:
+            for service in reversed(self._services):
+                await service.stop()
+            await self.peers.stop()
 
     async def _announce(self) -> None:
         """Commit the member list and that this node is up, retrying until it sticks."""
@@ -220,7 +251,7 @@ class RaftCluster:
         if previous is not None and previous != self.node_id:
             # The previous node disconnects the client when it applies the claim; the kick
             # gets there first when that node's Raft lags, so the old connection goes sooner.
-            self._background(_kick(self._forwarder.kick(previous, client_id, result.epoch)))
+            self._background(_kick(self.peers.kick(previous, client_id, result.epoch)))
         return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
 
     def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
@@ -233,66 +264,30 @@ class RaftCluster:
         previous = claim.previous_owner
         if claim.session is None or previous is None or previous == self.node_id:
             return None
-        handover = await self._handover_from(previous, client_id, claim.epoch)
+        handover = await self.handovers.wait(previous, client_id, claim.epoch)
         if handover is None:
             return None
         return SessionMessages(handover.queued, handover.outgoing, handover.incoming_qos2)
 
-    async def _handover_from(self, node_id: str, client_id: str, epoch: int) -> Handover | None:
-        """The hand-over ``node_id`` sends once it applies our claim; None if it never comes
-        (that node is down: the session resumes with its subscriptions only)."""
-        key = (client_id, epoch)
-        future, _ = self._handover_future(key)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self.handover_timeout)
-        except TimeoutError:
-            log.warning(
-                "client %r resumes without the messages node %s held for it: "
-                "no hand-over within %.1f s",
-                client_id,
-                node_id,
-                self.handover_timeout,
-            )
-            return None
-        finally:
-            self._handovers.pop(key, None)
+    # -- PeerInbox: what peers send ------------------------------------------------
 
-    def receive_handover(self, origin: str, handover: Handover) -> None:
-        """A peer gave up a session we claimed: pass its messages to the CONNECT resuming it.
+    def publish_from_peer(
+        self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
+    ) -> None:
+        """A publish ``origin`` forwarded: to this node's subscribers (and ``shared_groups``)."""
+        if self._node is not None:
+            self._node.deliver_forwarded(message, shared_groups)
 
-        It may arrive before that CONNECT waits for it (the peer applied the
-        claim first); it is kept for a while, then dropped with a warning.
-        """
-        key = (handover.client_id, handover.epoch)
-        future, new = self._handover_future(key)
-        if new:
-            asyncio.get_running_loop().call_later(
-                2 * self.handover_timeout, self._drop_untaken, key, origin
-            )
-        if not future.done():
-            future.set_result(handover)
+    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None:
+        """``origin`` claimed ``client_id`` and tells us ahead of Raft: drop our connection."""
+        if self._node is not None:
+            self._node.kick_client(client_id, epoch)
 
-    def _handover_future(self, key: tuple[str, int]) -> tuple[asyncio.Future[Handover], bool]:
-        """The future a hand-over meets its CONNECT in, and whether it was just made."""
-        future = self._handovers.get(key)
-        if future is not None:
-            return future, False
-        future = self._handovers[key] = asyncio.get_running_loop().create_future()
-        return future, True
+    def handover_from_peer(self, origin: str, handover: Handover) -> None:
+        """``origin`` gave up a session we claimed: its messages, for the CONNECT resuming it."""
+        self.handovers.arrived(origin, handover)
 
-    def _drop_untaken(self, key: tuple[str, int], origin: str) -> None:
-        future = self._handovers.get(key)
-        if future is None or not future.done():
-            return
-        del self._handovers[key]
-        handover = future.result()
-        log.warning(
-            "node %s handed over client %r (epoch %d) and no CONNECT took it: %d messages dropped",
-            origin,
-            handover.client_id,
-            handover.epoch,
-            len(handover.queued) + len(handover.outgoing),
-        )
+    # -- ClusterHooks, continued ---------------------------------------------------
 
     async def save_subscriptions(
         self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]
@@ -336,9 +331,9 @@ class RaftCluster:
         if plan is NO_PLAN:
             return None
         if not plan.groups:
-            return self._forwarder.send(plan.targets, message)
+            return self.peers.send(plan.targets, message)
         targets, shared_groups = self._pick(plan)
-        return self._forwarder.send(targets, message, shared_groups)
+        return self.peers.send(targets, message, shared_groups)
 
     # -- administration --------------------------------------------------------------
 
@@ -442,7 +437,7 @@ class RaftCluster:
             handover.queued = held.queued
             handover.outgoing = held.outgoing
             handover.incoming_qos2 = held.incoming_qos2
-        self._background(_wait(self._forwarder.hand_over(command.node_id, handover)))
+        self._background(_wait(self.peers.hand_over(command.node_id, handover)))
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
         node = self._node
@@ -533,60 +528,3 @@ async def _kick(sent: Awaitable[None]) -> None:
     """A kick is a shortcut: the claim's commit reaches a node that misses it anyway."""
     with contextlib.suppress(ClusterUnavailable):
         await sent
-
-
-def retained_record(message: Message) -> RetainedRecord:
-    """The replicated form of a retained message; its expiry becomes a wall-clock deadline."""
-    expires_at = None
-    if message.expires_at is not None:
-        expires_at = time.time() + (message.expires_at - time.monotonic())
-    return RetainedRecord(message.payload, message.qos, dict(message.properties), expires_at)
-
-
-def retained_message(topic: str, record: RetainedRecord) -> Message | None:
-    """The node's form of a replicated retained message, or None once it has expired."""
-    message = Message.create(topic, record.payload, record.qos, True, dict(record.properties))
-    if record.expires_at is not None:
-        remaining = record.expires_at - time.time()
-        if remaining <= 0:
-            return None
-        message.expires_at = time.monotonic() + remaining
-    return message
-
-
-def will_record(will: Will) -> WillRecord:
-    return WillRecord(will.topic, will.payload, will.qos, will.retain, dict(will.properties))
-
-
-def stored_subscription(full_filter: str, sub: Subscription) -> StoredSubscription:
-    """The replicated form of a session's subscription (``full_filter`` keeps ``$share/...``)."""
-    return StoredSubscription(
-        full_filter,
-        sub.qos,
-        sub.no_local,
-        sub.retain_as_published,
-        sub.retain_handling,
-        sub.identifier,
-    )
-
-
-def session_transfer(record: SessionRecord) -> SessionTransfer:
-    """The node's form of a replicated persistent session."""
-    subscriptions = dict(subscription_from(s) for s in record.subscriptions)
-    return SessionTransfer(record.expiry_interval, subscriptions)
-
-
-def subscription_from(stored: StoredSubscription) -> tuple[str, Subscription]:
-    """(full filter, the node's subscription) of a replicated one."""
-    shared = parse_shared(stored.topic_filter)
-    group, topic_filter = shared if shared is not None else (None, stored.topic_filter)
-    sub = Subscription(
-        topic_filter,
-        stored.qos,
-        stored.no_local,
-        stored.retain_as_published,
-        stored.retain_handling,
-        stored.identifier,
-        group,
-    )
-    return stored.topic_filter, sub

@@ -158,6 +158,12 @@ class NoPeers:
     def send(self, node_ids: Collection[str], message: Message, shared_groups: Any = None) -> None:
         return None
 
+    def start(self, inbox: object) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
 
 def peer_status(node_id: str, connected: bool) -> PeerStatus:
     return PeerStatus(

@@ -63,7 +63,7 @@ FAST = ForwardingSettings(reconnect_min=0.02, reconnect_max=0.2, unreachable_tim
 
 
 class Recorder:
-    """A node's handlers: remember everything, in order."""
+    """A node's inbox: remember everything, in order."""
 
     def __init__(self) -> None:
         self.publishes: list[tuple[str, str, bytes, int]] = []
@@ -72,7 +72,7 @@ class Recorder:
         self.handovers: list[tuple[str, Handover]] = []
         self.on_each: Callable[[Message], None] | None = None
 
-    def on_publish(
+    def publish_from_peer(
         self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
     ) -> None:
         if self.on_each is not None:
@@ -80,10 +80,10 @@ class Recorder:
         self.publishes.append((origin, message.topic, message.payload, message.qos))
         self.groups.append(shared_groups)
 
-    def on_kick(self, origin: str, client_id: str, epoch: int) -> None:
+    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None:
         self.kicks.append((origin, client_id, epoch))
 
-    def on_handover(self, origin: str, handover: Handover) -> None:
+    def handover_from_peer(self, origin: str, handover: Handover) -> None:
         self.handovers.append((origin, handover))
 
     def payloads(self) -> list[bytes]:
@@ -266,13 +266,11 @@ class Cluster:
     async def node(self, node_id: str, port: int = 0, **options: Any) -> Node:
         options.setdefault("settings", FAST)
         recorder = self.recorders.setdefault(node_id, Recorder())
-        forwarder = Forwarder(node_id, recorder, **options)
-        server = GrpcServer(
-            f"127.0.0.1:{port}",
-            [forwarder.service()],
-            tls=options.get("tls"),
-            keepalive=options["settings"].keepalive,
-        )
+        forwarder = Forwarder(node_id, **options)
+        forwarder.start(recorder)
+        keepalive = options["settings"].keepalive
+        server = GrpcServer(f"127.0.0.1:{port}", tls=options.get("tls"), keepalive=keepalive)
+        server.serve(forwarder.service())
         await server.start()
         node = self.nodes[node_id] = Node(forwarder, server)
         return node

@@ -234,8 +234,9 @@ def test_build_cluster_gives_the_forwarder_the_node_certificate(
     config = load_config(overrides=cluster_overrides(tmp_path, **tls_keys(certs, "n1")))
     files = node_files(certs, "n1")
     expected = NodeTLS(files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
-    assert build_cluster(config).forwarder.tls == expected
-    assert build_cluster(load_config(overrides=cluster_overrides(tmp_path))).forwarder.tls is None
+    assert build_cluster(config).peers.tls == expected  # type: ignore[attr-defined]
+    plain = build_cluster(load_config(overrides=cluster_overrides(tmp_path)))
+    assert plain.peers.tls is None  # type: ignore[attr-defined]
 
 
 def test_a_missing_file_stops_the_node_naming_key_and_file(tmp_path: Path, certs: Path) -> None:

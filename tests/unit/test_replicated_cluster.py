@@ -86,7 +86,8 @@ class RecordingNode:
 
 @dataclass
 class LoopbackForwarder:
-    """Hands each message to the target nodes' events, and records who sent what where."""
+    """Hands each message to the target nodes' events, kicks and hand-overs to their
+    clusters as peers' frames, and records who sent what where."""
 
     nodes: dict[str, RecordingNode] = field(default_factory=dict)
     clusters: dict[str, RaftCluster] = field(default_factory=dict)
@@ -95,15 +96,21 @@ class LoopbackForwarder:
     )
     handovers: list[tuple[str, Handover]] = field(default_factory=list)
 
+    def start(self, inbox: RaftCluster) -> None:
+        self.clusters[inbox.node_id] = inbox
+
+    async def stop(self) -> None:
+        return None
+
     def kick(self, node_id: str, client_id: str, epoch: int) -> asyncio.Future[None]:
-        self.nodes[node_id].kick_client(client_id, epoch)
+        self.clusters[node_id].kick_from_peer("?", client_id, epoch)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
     def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
         self.handovers.append((node_id, handover))
-        self.clusters[node_id].receive_handover("?", handover)
+        self.clusters[node_id].handover_from_peer("?", handover)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -134,7 +141,7 @@ class Cluster:
         hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
         node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
         hooks.attach(node)
-        node.hooks = self.hooks[node_id] = self.forwarder.clusters[node_id] = hooks
+        node.hooks = self.hooks[node_id] = hooks
         return hooks
 
     async def start(self, *ids: str) -> None:
@@ -237,7 +244,7 @@ async def test_a_resumed_session_whose_owner_is_gone_keeps_its_subscriptions(
     await n1.save_subscriptions("p2", claim.epoch, {"s/#": Subscription("s/#", 1)})
     cluster.forwarder.clusters.pop("n2")  # n1's hand-over never reaches n2
     cluster.forwarder.hand_over = lambda node_id, handover: asyncio.sleep(0)  # type: ignore[method-assign]
-    n2.handover_timeout = 0.2
+    n2.handovers.timeout = 0.2
     resumed = await n2.claim_client("p2", clean_start=False, expiry_interval=600)
     transfer = n2.take_session("p2", resumed)
     assert transfer is not None and list(transfer.subscriptions) == ["s/#"]
