@@ -1008,7 +1008,7 @@ class Broker:
         key: RouteKey = (sub.share_group, sub.topic_filter)
         refs = self._route_refs.get(key, 0)
         if refs == 0:
-            await self.hooks.add_route(sub.topic_filter, sub.share_group)
+            await self.hooks.add_route(sub.share_group, sub.topic_filter)
         if sub.share_group is None:
             added = self.subscriptions.add(sub.topic_filter, client_id, sub)
         else:
@@ -1029,7 +1029,7 @@ class Broker:
             self._route_refs[key] = refs
         else:
             del self._route_refs[key]
-            self._background(self.hooks.remove_route(sub.topic_filter, sub.share_group))
+            self._background(self.hooks.remove_route(sub.share_group, sub.topic_filter))
 
     # -- NodeEvents (called by the cluster) ---------------------------------
 

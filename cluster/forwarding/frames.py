@@ -20,7 +20,7 @@ from typing import Any
 
 import capnp
 
-from raftmq.node.hooks import SharedGroup
+from raftmq.node.hooks import RouteKey, SessionMessages
 from raftmq.node.message import Message
 from raftmq.node.packets import Properties
 from raftmq.node.session import Delivery, Outgoing
@@ -86,7 +86,7 @@ class Forwarded:
     """A publish for the receiving node's local subscribers."""
 
     message: Message
-    shared_groups: tuple[SharedGroup, ...] = ()
+    shared_groups: tuple[RouteKey, ...] = ()
     """The shared groups the sender chose this node to serve for this message."""
 
 
@@ -100,14 +100,12 @@ class Kick:
 
 @dataclass(slots=True)
 class Handover:
-    """A persistent session's undelivered messages, moving to the client id's new owner."""
+    """A persistent session's undelivered messages, moving to the client id's new owner
+    (the claim of ``client_id`` at ``epoch``)."""
 
     client_id: str
     epoch: int
-    queued: list[Delivery] = field(default_factory=list)
-    outgoing: dict[int, Outgoing] = field(default_factory=dict)
-    """Packet id → delivery sent at QoS 1/2 and not yet completed by the client."""
-    incoming_qos2: set[int] = field(default_factory=set)
+    messages: SessionMessages = field(default_factory=SessionMessages)
 
 
 Item = Forwarded | Kick | Handover
@@ -153,7 +151,7 @@ def encode_frame(
     return frame.to_bytes()
 
 
-def _fill_publish(out: Any, message: Message, groups: tuple[SharedGroup, ...], now: float) -> None:
+def _fill_publish(out: Any, message: Message, groups: tuple[RouteKey, ...], now: float) -> None:
     out.topic = message.topic
     out.payload = message.payload
     if message.qos:
@@ -201,17 +199,18 @@ def _fill_delivery(out: Any, delivery: Delivery, now: float) -> None:
 def _fill_handover(out: Any, handover: Handover, now: float) -> None:
     out.clientId = handover.client_id
     out.epoch = handover.epoch
-    queued = out.init("queued", len(handover.queued))
-    for i, delivery in enumerate(handover.queued):
+    held = handover.messages
+    queued = out.init("queued", len(held.queued))
+    for i, delivery in enumerate(held.queued):
         _fill_delivery(queued[i], delivery, now)
-    outgoing = out.init("outgoing", len(handover.outgoing))
-    for i, (packet_id, entry) in enumerate(handover.outgoing.items()):
+    outgoing = out.init("outgoing", len(held.outgoing))
+    for i, (packet_id, entry) in enumerate(held.outgoing.items()):
         slot = outgoing[i]
         slot.packetId = packet_id
         slot.released = entry.released
         _fill_delivery(slot.init("delivery"), entry.delivery, now)
-    incoming = out.init("incomingQos2", len(handover.incoming_qos2))
-    for i, packet_id in enumerate(sorted(handover.incoming_qos2)):
+    incoming = out.init("incomingQos2", len(held.incoming_qos2))
+    for i, packet_id in enumerate(sorted(held.incoming_qos2)):
         incoming[i] = packet_id
 
 
@@ -294,10 +293,10 @@ def _read_properties(src: Any, props: Properties, now: float) -> float | None:
     return expires_at
 
 
-def _read_groups(publish: Any) -> tuple[SharedGroup, ...]:
+def _read_groups(publish: Any) -> tuple[RouteKey, ...]:
     if not publish._has("sharedGroups"):
         return ()
-    return tuple((g.group, g.topicFilter) for g in publish._get("sharedGroups"))
+    return tuple(RouteKey(g.group, g.topicFilter) for g in publish._get("sharedGroups"))
 
 
 def _client_id(src: Any) -> str:
@@ -323,10 +322,5 @@ def _read_handover(src: Any, now: float) -> Handover:
         if not packet_id or packet_id in outgoing:
             raise FrameError(f"hand-over of {client_id!r}: bad packet id {packet_id}")
         outgoing[packet_id] = Outgoing(_read_delivery(entry.delivery, now), entry.released)
-    return Handover(
-        client_id,
-        src.epoch,
-        [_read_delivery(d, now) for d in src.queued],
-        outgoing,
-        set(src.incomingQos2),
-    )
+    queued = [_read_delivery(d, now) for d in src.queued]
+    return Handover(client_id, src.epoch, SessionMessages(queued, outgoing, set(src.incomingQos2)))

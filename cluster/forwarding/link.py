@@ -89,7 +89,8 @@ def item_size(item: Item) -> int:
     if type(item) is Forwarded:
         return len(item.message.payload) + len(item.message.topic) + 32
     if type(item) is Handover:
-        deliveries = [*item.queued, *(o.delivery for o in item.outgoing.values())]
+        held = item.messages
+        deliveries = [*held.queued, *(o.delivery for o in held.outgoing.values())]
         return sum(len(d.message.payload) + len(d.message.topic) + 48 for d in deliveries) + 64
     return 64
 

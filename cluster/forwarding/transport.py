@@ -53,7 +53,7 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
-from raftmq.node.hooks import ClusterUnavailable
+from raftmq.node.hooks import ClusterUnavailable, RouteKey
 from raftmq.node.message import Message
 
 from ..rpc import channel_options, unwrap, wrap
@@ -64,7 +64,6 @@ from .frames import (
     Handover,
     Item,
     Kick,
-    SharedGroup,
     decode_frame,
     encode_frame,
 )
@@ -106,7 +105,7 @@ class PeerInbox(Protocol):
     """
 
     def publish_from_peer(
-        self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
+        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
     ) -> None:
         """Deliver to local subscribers only (and to ``shared_groups`` here)."""
 
@@ -416,7 +415,7 @@ class Forwarder:
         self,
         node_ids: Collection[str],
         message: Message,
-        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
     ) -> Awaitable[None] | None:
         """Forward ``message`` to each of ``node_ids`` (never to this node).
 

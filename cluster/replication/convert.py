@@ -12,9 +12,9 @@ from raftmq.node.hooks import SessionTransfer
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
-from raftmq.node.topics import parse_shared
 
 from .commands import RetainedRecord, SessionRecord, StoredSubscription, WillRecord
+from .state import route_key
 
 
 def retained_record(message: Message) -> RetainedRecord:
@@ -60,8 +60,7 @@ def session_transfer(record: SessionRecord) -> SessionTransfer:
 
 def subscription_from(stored: StoredSubscription) -> tuple[str, Subscription]:
     """(full filter, the node's subscription) of a replicated one."""
-    shared = parse_shared(stored.topic_filter)
-    group, topic_filter = shared if shared is not None else (None, stored.topic_filter)
+    group, topic_filter = route_key(stored.topic_filter)
     sub = Subscription(
         topic_filter,
         stored.qos,

@@ -81,5 +81,5 @@ class Handovers:
             origin,
             handover.client_id,
             handover.epoch,
-            len(handover.queued) + len(handover.outgoing),
+            len(handover.messages.queued) + len(handover.messages.outgoing),
         )

@@ -30,9 +30,9 @@ from raftmq.node.hooks import (
     Claim,
     ClusterUnavailable,
     NodeEvents,
+    RouteKey,
     SessionMessages,
     SessionTransfer,
-    SharedGroup,
 )
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
@@ -89,7 +89,7 @@ class Peers(Protocol):
         self,
         node_ids: Collection[str],
         message: Message,
-        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
     ) -> Awaitable[None] | None:
         """Queue ``message`` for each node; the awaitable completes when all have taken it.
 
@@ -119,7 +119,7 @@ class _Plan:
 
     targets: tuple[str, ...]
     """Other nodes with plain routes matching the topic."""
-    groups: tuple[tuple[SharedGroup, tuple[str, ...]], ...]
+    groups: tuple[tuple[RouteKey, tuple[str, ...]], ...]
     """(group, candidate nodes) for each matching share group with no member on this node."""
 
 
@@ -267,12 +267,12 @@ class RaftCluster:
         handover = await self.handovers.wait(previous, client_id, claim.epoch)
         if handover is None:
             return None
-        return SessionMessages(handover.queued, handover.outgoing, handover.incoming_qos2)
+        return handover.messages
 
     # -- PeerInbox: what peers send ------------------------------------------------
 
     def publish_from_peer(
-        self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
+        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
     ) -> None:
         """A publish ``origin`` forwarded: to this node's subscribers (and ``shared_groups``)."""
         if self._node is not None:
@@ -306,10 +306,10 @@ class RaftCluster:
         if self._claims.get(client_id) == epoch:
             del self._claims[client_id]
 
-    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def add_route(self, share_group: str | None, topic_filter: str) -> None:
         await self.raft.submit(AddRoute(self.node_id, topic_filter, share_group))
 
-    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
         await self.raft.submit(RemoveRoute(self.node_id, topic_filter, share_group))
 
     async def set_retained(self, topic: str, message: Message | None) -> None:
@@ -367,7 +367,7 @@ class RaftCluster:
         plain, shared = self.state.route_targets(topic)
         me = self.node_id
         groups = tuple(
-            ((group, topic_filter), nodes)
+            (RouteKey(group, topic_filter), nodes)
             for group, topic_filter, nodes in shared
             if me not in nodes  # else a local member takes it: the broker delivers to it
         )
@@ -379,10 +379,10 @@ class RaftCluster:
         self._plans[topic] = plan
         return plan
 
-    def _pick(self, plan: _Plan) -> tuple[list[str], dict[str, tuple[SharedGroup, ...]]]:
+    def _pick(self, plan: _Plan) -> tuple[list[str], dict[str, tuple[RouteKey, ...]]]:
         """One node per remote share group, round robin among the nodes with members."""
         targets = list(plan.targets)
-        shared_groups: dict[str, tuple[SharedGroup, ...]] = {}
+        shared_groups: dict[str, tuple[RouteKey, ...]] = {}
         for key, nodes in plan.groups:
             cursor = self._share_cursor.get(key, 0)
             self._share_cursor[key] = cursor + 1
@@ -432,11 +432,7 @@ class RaftCluster:
         held = node.surrender_session(command.client_id, result.epoch, resumed)
         if not resumed:
             return
-        handover = Handover(command.client_id, result.epoch)
-        if held is not None:
-            handover.queued = held.queued
-            handover.outgoing = held.outgoing
-            handover.incoming_qos2 = held.incoming_qos2
+        handover = Handover(command.client_id, result.epoch, held or SessionMessages())
         self._background(_wait(self.peers.hand_over(command.node_id, handover)))
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:

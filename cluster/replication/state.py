@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from raftmq.node.hooks import RouteKey
 from raftmq.node.topics import TopicIndex, parse_shared
 
 from .commands import (
@@ -46,8 +47,12 @@ from .commands import (
 
 SNAPSHOT_VERSION = 1
 
-RouteKey = tuple[str | None, str]
-"""(share group or None, topic filter)."""
+
+
+def route_key(full_filter: str) -> RouteKey:
+    """The route of a subscription to ``full_filter`` (``$share/<group>/...`` or plain)."""
+    shared = parse_shared(full_filter)
+    return RouteKey(None, full_filter) if shared is None else RouteKey(*shared)
 
 
 def _rehome_index(client_id: str, live: int) -> int:
@@ -171,7 +176,7 @@ class ClusterState:
         return True
 
     def _add_route(self, cmd: AddRoute) -> bool:
-        key: RouteKey = (cmd.share_group, cmd.topic_filter)
+        key = RouteKey(cmd.share_group, cmd.topic_filter)
         nodes = self.routes.get(key)
         if nodes is None:
             nodes = self.routes[key] = set()
@@ -182,7 +187,7 @@ class ClusterState:
         return True
 
     def _remove_route(self, cmd: RemoveRoute) -> bool:
-        key: RouteKey = (cmd.share_group, cmd.topic_filter)
+        key = RouteKey(cmd.share_group, cmd.topic_filter)
         nodes = self.routes.get(key)
         if nodes is None or cmd.node_id not in nodes:
             return False
@@ -229,8 +234,7 @@ class ClusterState:
             self.next_epoch += 1
             rehomed.append((client_id, owner))
             for sub in session.subscriptions:
-                shared = parse_shared(sub.topic_filter)
-                group, topic_filter = shared if shared is not None else (None, sub.topic_filter)
+                group, topic_filter = route_key(sub.topic_filter)
                 self._add_route(AddRoute(home, topic_filter, group))
         return NodeDownResult(tuple(wills), tuple(rehomed), tuple(released), self.next_epoch)
 
@@ -281,7 +285,7 @@ class ClusterState:
                 for cid, s in self.sessions.items()
             },
             "wills": {cid: tuple(will) for cid, will in self.wills.items()},
-            "routes": {key: tuple(sorted(nodes)) for key, nodes in self.routes.items()},
+            "routes": {tuple(key): tuple(sorted(nodes)) for key, nodes in self.routes.items()},
             "retained": {topic: tuple(r) for topic, r in self.retained.items()},
         }
 

@@ -267,8 +267,8 @@ async def nodes(tmp_path: Path) -> AsyncIterator[AdminNodes]:
 async def test_status_reports_raft_state_routes_counts_and_streams(nodes: AdminNodes) -> None:
     leader = nodes.leader()
     follower = next(n for n in IDS if n != leader)
-    await nodes.clusters[follower].add_route("a/#", None)
-    await nodes.clusters[leader].add_route("jobs/#", "workers")
+    await nodes.clusters[follower].add_route(None, "a/#")
+    await nodes.clusters[leader].add_route("workers", "jobs/#")
     await nodes.clusters[follower].claim_client("c1")
     nodes.streams[follower].lost.add(leader)
     await eventually(lambda: len(nodes.clusters[follower].state.routes) == 2, 10, "routes applied")

@@ -29,7 +29,6 @@ from grpc import aio
 from raftmq.cluster.forwarding.frames import (
     Forwarded,
     Handover,
-    SharedGroup,
     decode_frame,
     encode_frame,
 )
@@ -48,7 +47,7 @@ from raftmq.cluster.forwarding.transport import (
 from raftmq.cluster.rpc import unwrap, wrap
 from raftmq.cluster.server import GrpcServer
 from raftmq.cluster.tls import NodeTLS
-from raftmq.node.hooks import ClusterUnavailable
+from raftmq.node.hooks import ClusterUnavailable, RouteKey, SessionMessages
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery
 
@@ -67,13 +66,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.publishes: list[tuple[str, str, bytes, int]] = []
-        self.groups: list[tuple[SharedGroup, ...]] = []
+        self.groups: list[tuple[RouteKey, ...]] = []
         self.kicks: list[tuple[str, str, int]] = []
         self.handovers: list[tuple[str, Handover]] = []
         self.on_each: Callable[[Message], None] | None = None
 
     def publish_from_peer(
-        self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
+        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
     ) -> None:
         if self.on_each is not None:
             self.on_each(message)
@@ -506,7 +505,8 @@ async def test_send_to_several_nodes_waits_for_every_one_and_is_not_forwarded_ag
 async def test_kick_and_handover_complete_after_the_peer_applied_them(cluster: Cluster) -> None:
     a, b = await two(cluster)
     m = msg("queued", qos=2)
-    handover = Handover("c1", 5, queued=[Delivery(m, 1, False, (4,))], incoming_qos2={9})
+    held = SessionMessages(queued=[Delivery(m, 1, False, (4,))], incoming_qos2={9})
+    handover = Handover("c1", 5, held)
     pub = a.send(["node2"], msg("before"))
     kick = a.kick("node2", "c1", 5)
     hand = a.hand_over("node2", handover)
@@ -514,8 +514,9 @@ async def test_kick_and_handover_complete_after_the_peer_applied_them(cluster: C
     rec = cluster.recorders["node2"]
     assert rec.kicks == [("node1", "c1", 5)]
     [(origin, got)] = rec.handovers
-    assert (origin, got.client_id, got.epoch, got.incoming_qos2) == ("node1", "c1", 5, {9})
-    assert [(d.message.payload, d.qos, d.subscription_ids) for d in got.queued] == [
+    assert (origin, got.client_id, got.epoch) == ("node1", "c1", 5)
+    assert got.messages.incoming_qos2 == {9}
+    assert [(d.message.payload, d.qos, d.subscription_ids) for d in got.messages.queued] == [
         (b"queued", 1, (4,))
     ]
     # the other direction, over the same stream

@@ -29,8 +29,14 @@ from raftmq.cluster.replication.commands import (
     WillRecord,
 )
 from raftmq.cluster.replication.raft import RaftOptions
-from raftmq.cluster.replication.replicated import RaftCluster, SharedGroup
-from raftmq.node.hooks import Claim, ClusterUnavailable, SessionMessages, SessionTransfer
+from raftmq.cluster.replication.replicated import RaftCluster
+from raftmq.node.hooks import (
+    Claim,
+    ClusterUnavailable,
+    RouteKey,
+    SessionMessages,
+    SessionTransfer,
+)
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Outgoing, Subscription
@@ -91,7 +97,7 @@ class LoopbackForwarder:
 
     nodes: dict[str, RecordingNode] = field(default_factory=dict)
     clusters: dict[str, RaftCluster] = field(default_factory=dict)
-    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[SharedGroup, ...]]]] = field(
+    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[RouteKey, ...]]]] = field(
         default_factory=list
     )
     handovers: list[tuple[str, Handover]] = field(default_factory=list)
@@ -119,7 +125,7 @@ class LoopbackForwarder:
         self,
         node_ids: Collection[str],
         message: Message,
-        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((tuple(node_ids), message.topic, dict(shared_groups or {})))
         for node_id in node_ids:
@@ -290,14 +296,14 @@ async def test_forward_targets_only_other_nodes_with_matching_routes(cluster: Cl
     forwarder = cluster.forwarder
     message = Message.create("s/x", b"m", 1, False)
     assert n1.forward(message) is None
-    await n2.add_route("s/+", None)
+    await n2.add_route(None, "s/+")
     await eventually(lambda: n1.forward(message) is not None, 5, "n1 sees n2's route")
     assert forwarder.sent[-1] == (("n2",), "s/x", {})
     assert cluster.nodes["n2"].forwarded[-1] is message
     assert n1.forward(Message.create("other", b"m", 0, False)) is None
     assert n2.forward(message) is None, "never to itself"
-    await n1.add_route("s/#", None)
-    await n2.remove_route("s/+", None)
+    await n1.add_route(None, "s/#")
+    await n2.remove_route(None, "s/+")
     await eventually(lambda: n1.forward(message) is None, 5, "route gone, cache dropped")
     await eventually(lambda: n2.forward(message) is not None, 5, "n2 sees n1's route")
     assert forwarder.sent[-1] == (("n1",), "s/x", {})
@@ -308,8 +314,8 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
     forwarder = cluster.forwarder
     message = Message.create("j/1", b"m", 1, False)
     group = ("g", "j/#")
-    await n2.add_route("j/#", "g")
-    await n3.add_route("j/#", "g")
+    await n2.add_route("g", "j/#")
+    await n3.add_route("g", "j/#")
     await cluster.trio.converged()
     sends = []
     for _ in range(4):
@@ -324,7 +330,7 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
     ], "round robin: one node serves the group for each message"
     assert n2.forward(message) is None, "n2 has a member of g itself"
 
-    await n3.add_route("j/+", None)
+    await n3.add_route(None, "j/+")
     await cluster.trio.converged()
     n1.forward(message)
     n1.forward(message)
@@ -338,7 +344,7 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
 
 async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) -> None:
     n1, n2, n3 = (cluster.hooks[n] for n in IDS)
-    await n2.add_route("wills/#", None)
+    await n2.add_route(None, "wills/#")
     await n3.claim_client("c9")
     await n3.register_will("c9", Will("wills/c9", b"c9 lost", 1, True))
     persistent = await n3.claim_client("p1", clean_start=False, expiry_interval=600)
@@ -397,7 +403,7 @@ async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: 
 async def test_status_counts_what_the_state_holds(cluster: Cluster) -> None:
     n1 = cluster.hooks["n1"]
     await n1.claim_client("c1")
-    await n1.add_route("a/b", None)
+    await n1.add_route(None, "a/b")
     await n1.set_retained("a/b", Message.create("a/b", b"v", 0, True))
     status = n1.status()
     assert status.members == IDS
