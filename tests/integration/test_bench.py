@@ -347,6 +347,13 @@ def _case(name: str, scenario: str, medians: dict[str, dict[str, float]], **extr
     }
 
 
+def test_compare_writes_its_files_into_this_checkout_by_default() -> None:
+    from raftmq.cluster.tools.bench.compare import REPO
+
+    assert (REPO / "pyproject.toml").is_file() and (REPO / "scripts" / "bench-charts.py").is_file()
+    assert Path(__file__).resolve().parents[2] == REPO
+
+
 def test_targets_are_judged_from_ratios_and_clean_runs() -> None:
     from raftmq.cluster.tools.bench.targets import MET, NOT_MEASURED, NOT_MET, evaluate
 

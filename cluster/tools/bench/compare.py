@@ -44,7 +44,7 @@ from raftmq.cluster.tools.bench.suite import (
     reduction_note,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONNS_TARGET = 20_000
 # Descriptors a broker or generator process needs besides its connections.
 SPARE_DESCRIPTORS = 64
