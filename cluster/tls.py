@@ -8,7 +8,6 @@ business, not a running node's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,10 +23,6 @@ class NodeTLS:
     ca: bytes
     cert: bytes
     key: bytes
-
-    @classmethod
-    def from_files(cls, ca: str | Path, cert: str | Path, key: str | Path) -> NodeTLS:
-        return cls(Path(ca).read_bytes(), Path(cert).read_bytes(), Path(key).read_bytes())
 
     @classmethod
     def of_node(cls, config: Config) -> NodeTLS | None:

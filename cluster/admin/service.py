@@ -170,7 +170,7 @@ async def declare_node_down(cluster: RaftCluster, streams: StreamHealth, node_id
 
 
 class AdminService:
-    """``Status`` and ``NodeDown`` of one node, for ``Forwarder.add_service``."""
+    """``Status`` and ``NodeDown`` of one node, for the node's ``GrpcServer`` to serve."""
 
     def __init__(self, cluster: RaftCluster, streams: StreamHealth, secret: bytes) -> None:
         self._cluster = cluster

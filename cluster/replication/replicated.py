@@ -20,11 +20,10 @@ so each group gets each message once cluster-wide.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from raftmq.node.hooks import (
     Claim,
@@ -39,6 +38,7 @@ from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
 
 from ..forwarding.frames import Handover
+from ..tasks import BackgroundTasks
 from .commands import (
     ROUTE_COMMANDS,
     AddRoute,
@@ -168,7 +168,7 @@ class RaftCluster:
         self._plans: dict[str, _Plan] = {}
         self._plan_cache_size = plan_cache_size
         self._share_cursor: dict[tuple[str, str], int] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
         self.handovers = Handovers()
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
@@ -190,13 +190,11 @@ class RaftCluster:
         for service in self._services:
             await service.start()
         await self.raft.start()
-        self._background(self._announce())
-        self._background(self._reconcile_when_caught_up())
+        self._tasks.spawn(self._announce())
+        self._tasks.spawn(self._reconcile_when_caught_up())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         try:
             await self.raft.stop()
         finally:
@@ -215,16 +213,6 @@ class RaftCluster:
                 return
             except ClusterUnavailable:
                 await asyncio.sleep(ANNOUNCE_RETRY)
-
-    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("cluster update failed: %s", task.exception())
 
     # -- ClusterHooks ----------------------------------------------------------
 
@@ -251,7 +239,9 @@ class RaftCluster:
         if previous is not None and previous != self.node_id:
             # The previous node disconnects the client when it applies the claim; the kick
             # gets there first when that node's Raft lags, so the old connection goes sooner.
-            self._background(_kick(self.peers.kick(previous, client_id, result.epoch)))
+            # A kick is a shortcut: the claim's commit reaches a node that misses it anyway.
+            kick = self.peers.kick(previous, client_id, result.epoch)
+            self._tasks.spawn(kick, expected=(ClusterUnavailable,))
         return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
 
     def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
@@ -419,7 +409,8 @@ class RaftCluster:
         elif applied.orphaned:
             # Our CONNECT gave up on this claim (timeout) but it committed anyway:
             # give the client id back rather than own a client nobody serves.
-            self._background(self.raft.submit(ReleaseClient(client_id, self.node_id, result.epoch)))
+            release = ReleaseClient(client_id, self.node_id, result.epoch)
+            self._tasks.spawn(self.raft.submit(release))
 
     def _surrender(self, command: ClaimClient, result: ClaimResult) -> None:
         """Another node claimed a client: our connection of it goes, and when we held its
@@ -433,7 +424,7 @@ class RaftCluster:
         if not resumed:
             return
         handover = Handover(command.client_id, result.epoch, held or SessionMessages())
-        self._background(_wait(self.peers.hand_over(command.node_id, handover)))
+        self._tasks.spawn(self.peers.hand_over(command.node_id, handover))
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
         node = self._node
@@ -514,13 +505,3 @@ class RaftCluster:
                 del self._claims[client_id]
                 if owner is not None:
                     node.kick_client(client_id, owner.epoch)
-
-
-async def _wait(pending: Awaitable[None]) -> None:
-    await pending
-
-
-async def _kick(sent: Awaitable[None]) -> None:
-    """A kick is a shortcut: the claim's commit reaches a node that misses it anyway."""
-    with contextlib.suppress(ClusterUnavailable):
-        await sent

@@ -216,7 +216,7 @@ class ClusterState:
         for key, nodes in list(self.routes.items()):
             if dead in nodes:
                 self._remove_route(RemoveRoute(dead, key[1], key[0]))
-        live = tuple(m for m in self.members if m not in self.down)
+        live = self.live_members()
         wills: list[tuple[str, WillRecord]] = []
         rehomed: list[tuple[str, Owner]] = []
         released: list[str] = []
@@ -240,10 +240,6 @@ class ClusterState:
 
     # -- reading -------------------------------------------------------------
 
-    def nodes_for(self, topic: str) -> frozenset[str]:
-        """Every node with a route (plain or shared) whose filter matches ``topic``."""
-        return frozenset(node for _, (_, node), _ in self._route_index.match(topic))
-
     def route_targets(
         self, topic: str
     ) -> tuple[frozenset[str], tuple[tuple[str, str, tuple[str, ...]], ...]]:
@@ -261,9 +257,6 @@ class ClusterState:
                 groups.setdefault((group, topic_filter), []).append(node)
         shared = tuple((g, f, tuple(sorted(nodes))) for (g, f), nodes in sorted(groups.items()))
         return frozenset(plain), shared
-
-    def owner_of(self, client_id: str) -> Owner | None:
-        return self.owners.get(client_id)
 
     # -- snapshots -------------------------------------------------------------
 

@@ -367,7 +367,7 @@ async def test_the_cli_calls_nodes_over_node_tls_when_the_config_sets_it(tmp_pat
     certs = tmp_path / "certs"
     issue_node_files(certs, IDS)
     files = {node_id: node_files(certs, node_id) for node_id in IDS}
-    tls = {n: NodeTLS.from_files(f.ca, f.cert, f.key) for n, f in files.items()}
+    tls = {n: NodeTLS(*(p.read_bytes() for p in (f.ca, f.cert, f.key))) for n, f in files.items()}
     async with admin_nodes(tmp_path, tls=tls) as nodes:
         raft, grpc_at = nodes.trio.addresses, nodes.addresses
         peers = [f'"{n}={raft[n]},{grpc_at[n]}"' for n in IDS if n != "n1"]

@@ -37,6 +37,13 @@ from raftmq.cluster.replication.commands import (
 )
 from raftmq.cluster.replication.state import ClusterState
 
+
+def nodes_for(state: ClusterState, topic: str) -> frozenset[str]:
+    """Every node with a route (plain or shared) whose filter matches ``topic``."""
+    plain, shared = state.route_targets(topic)
+    return plain.union(*(nodes for _, _, nodes in shared))
+
+
 WILL = WillRecord("last/words", b"bye", 1, False, {})
 
 
@@ -74,7 +81,7 @@ def test_claims_get_increasing_epochs_and_name_the_previous_owner() -> None:
     assert second == ClaimResult(2, "n1", 1, None)
     other = claim(state, "c2", "n1")
     assert other.epoch == 3, "epochs come from one cluster-wide counter"
-    assert state.owner_of("c1") == Owner("n2", 2)
+    assert state.owners.get("c1") == Owner("n2", 2)
 
 
 def test_release_needs_the_current_epoch() -> None:
@@ -83,9 +90,9 @@ def test_release_needs_the_current_epoch() -> None:
     claim(state, "c1", "n2")
     assert state.apply(ReleaseClient("c1", "n1", 1)) is False, "stale epoch"
     assert state.apply(ReleaseClient("c1", "n1", 2)) is False, "right epoch, wrong node"
-    assert state.owner_of("c1") == Owner("n2", 2)
+    assert state.owners.get("c1") == Owner("n2", 2)
     assert state.apply(ReleaseClient("c1", "n2", 2)) is True
-    assert state.owner_of("c1") is None
+    assert state.owners.get("c1") is None
     assert claim(state, "c1", "n3").epoch == 3, "a released id never reuses an old epoch"
 
 
@@ -164,12 +171,12 @@ def test_routes_keep_one_entry_per_node_the_node_refcounts_itself() -> None:
     assert state.apply(AddRoute("n1", "a/+")) is True
     assert state.apply(AddRoute("n1", "a/+")) is False, "a node adds a filter once"
     assert state.apply(AddRoute("n2", "a/+")) is True
-    assert state.nodes_for("a/b") == {"n1", "n2"}
+    assert nodes_for(state, "a/b") == {"n1", "n2"}
     assert state.apply(RemoveRoute("n1", "a/+")) is True
-    assert state.nodes_for("a/b") == {"n2"}, "n2's route outlives n1's"
+    assert nodes_for(state, "a/b") == {"n2"}, "n2's route outlives n1's"
     assert state.apply(RemoveRoute("n1", "a/+")) is False
     state.apply(RemoveRoute("n2", "a/+"))
-    assert state.nodes_for("a/b") == frozenset()
+    assert nodes_for(state, "a/b") == frozenset()
     assert state.routes == {}
 
 
@@ -183,9 +190,9 @@ def test_nodes_for_matches_wildcards_and_share_groups() -> None:
         AddRoute("n3", "sensors/kitchen/temp", "h"),
         AddRoute("n1", "#"),
     )
-    assert state.nodes_for("sensors/kitchen/temp") == {"n1", "n2", "n3"}
-    assert state.nodes_for("other") == {"n1", "n3"}
-    assert state.nodes_for("$SYS/x") == frozenset(), "wildcards never match $ topics"
+    assert nodes_for(state, "sensors/kitchen/temp") == {"n1", "n2", "n3"}
+    assert nodes_for(state, "other") == {"n1", "n3"}
+    assert nodes_for(state, "$SYS/x") == frozenset(), "wildcards never match $ topics"
     plain, shared = state.route_targets("sensors/kitchen/temp")
     assert plain == {"n1", "n2"}
     assert shared == (
@@ -250,13 +257,13 @@ def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
     home = live[zlib.crc32(b"p1") % 2]
     assert result.rehomed == (("p1", Owner(home, result.fence_epoch - 1)),)
     assert result.fence_epoch > max(owner.epoch for owner in state.owners.values())
-    assert state.owner_of("p1") == Owner(home, result.fence_epoch - 1)
-    assert state.owner_of("c2") is None and state.owner_of("c3") is None
-    assert state.owner_of("c4") == Owner("n1", 4), "other nodes' clients stay"
+    assert state.owners.get("p1") == Owner(home, result.fence_epoch - 1)
+    assert state.owners.get("c2") is None and state.owners.get("c3") is None
+    assert state.owners.get("c4") == Owner("n1", 4), "other nodes' clients stay"
     assert state.sessions["p1"].subscriptions == subs, "the session itself is kept"
     assert state.wills == {}
-    assert state.nodes_for("only/n2") == frozenset()
-    assert state.nodes_for("x/y") == {"n1"}
+    assert nodes_for(state, "only/n2") == frozenset()
+    assert nodes_for(state, "x/y") == {"n1"}
     assert state.route_targets("a/b")[0] == {home}, "the new home gets the session's routes"
     assert state.route_targets("c/d")[1] == (("g", "c/#", (home,)),)
     assert state.down == {"n2"}
@@ -273,7 +280,7 @@ def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> No
     result = state.apply(NodeDown("n1"))
     assert isinstance(result, NodeDownResult)
     assert result.released == ("p",) and result.rehomed == ()
-    assert "p" in state.sessions and state.owner_of("p") is None
+    assert "p" in state.sessions and state.owners.get("p") is None
 
 
 def test_unknown_commands_are_rejected_not_raised() -> None:
@@ -314,7 +321,7 @@ def test_snapshot_is_plain_builtins_and_restores_an_equal_state() -> None:
     restored = ClusterState()
     restored.restore(pickle.loads(pickle.dumps(snapshot)))
     assert restored.snapshot() == snapshot
-    assert restored.nodes_for("a/b") == state.nodes_for("a/b") == {"n1", "n2"}
+    assert nodes_for(restored, "a/b") == nodes_for(state, "a/b") == {"n1", "n2"}
     next_claims = [ClaimClient("p", "n2"), NodeDown("n1")]
     assert [restored.apply(c) for c in next_claims] == [state.apply(c) for c in next_claims]
 

@@ -198,7 +198,7 @@ async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None
     assert ("c1", second.epoch) in cluster.nodes["n1"].kicks, "kicked ahead of its Raft apply"
     assert not cluster.forwarder.handovers, "no session to hand over"
     await n2.release_client("c1", second.epoch)
-    assert n2.state.owner_of("c1") is None
+    assert n2.state.owners.get("c1") is None
 
 
 async def test_a_will_is_registered_only_by_the_current_owner(cluster: Cluster) -> None:
@@ -372,7 +372,7 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     await eventually(lambda: ("c9", result.fence_epoch) in kicked, 5, "n3 drops its clients")
     assert ("p1", result.fence_epoch) in kicked
     assert n2.state.down == {"n3"}
-    assert n2.state.owner_of("p1") == Owner(home.node_id, home.epoch)
+    assert n2.state.owners.get("p1") == Owner(home.node_id, home.epoch)
     assert n1.status().down == ("n3",)
 
 
@@ -394,7 +394,7 @@ async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: 
         )
         claim = next(c for c in applied if isinstance(c, ClaimClient) and c.client_id == "late")
         assert claim.node_id == leader.node_id
-        assert leader.state.owner_of("late") is None
+        assert leader.state.owners.get("late") is None
         assert "late" not in leader._claims
     finally:
         await cluster.stop()
