@@ -41,9 +41,7 @@ def build_cluster(
         config.node_id, config.raft_listen, raft_peers, config.data_dir, secret, raft_options
     )
     grpc_peers = {peer.node_id: peer.grpc for peer in config.peers}
-    forwarder = Forwarder(
-        config.node_id, grpc_peers, tls=tls, secret=secret, settings=forwarding
-    )
+    forwarder = Forwarder(config.node_id, grpc_peers, tls=tls, secret=secret, settings=forwarding)
     server = GrpcServer(config.grpc_listen, tls=tls, keepalive=forwarder.settings.keepalive)
     cluster = RaftCluster(raft, forwarder, [config.node_id, *raft_peers], services=[server])
     server.serve(forwarder.service())

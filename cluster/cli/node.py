@@ -44,7 +44,6 @@ REPEATED_FLAGS = {"listen": "--listen", "peers": "--peer"}
 """Keys whose flag is given once per list item, replacing the file's list."""
 
 
-
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     help_of = {key.name: key.help.replace("%", "%%") for key in KEYS}
     node = commands.add_parser(

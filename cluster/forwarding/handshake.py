@@ -103,5 +103,3 @@ def check_identity(claimed: str, auth_context: Mapping[str, Sequence[bytes]]) ->
     )
     if claimed not in names:
         raise PeerRejected(f"node {claimed!r} presented a certificate for {names or 'nobody'}")
-
-

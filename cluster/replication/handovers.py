@@ -56,9 +56,7 @@ class Handovers:
         key = (handover.client_id, handover.epoch)
         future, new = self._future(key)
         if new:
-            asyncio.get_running_loop().call_later(
-                2 * self.timeout, self._drop_untaken, key, origin
-            )
+            asyncio.get_running_loop().call_later(2 * self.timeout, self._drop_untaken, key, origin)
         if not future.done():
             future.set_result(handover)
 

@@ -23,30 +23,19 @@ from typing import Any
 from raftmq.node.hooks import RouteKey
 from raftmq.node.topics import TopicIndex, parse_shared
 
+from . import commands
 from .commands import (
-    AddRoute,
-    AddSessionSubscriptions,
-    ClaimClient,
     ClaimResult,
-    NodeDown,
     NodeDownResult,
-    NodeUp,
     Owner,
-    RegisterWill,
     Rejected,
-    ReleaseClient,
-    RemoveRoute,
-    RemoveSessionSubscriptions,
     RetainedRecord,
     SessionRecord,
-    SetMembers,
-    SetRetained,
     StoredSubscription,
     WillRecord,
 )
 
 SNAPSHOT_VERSION = 1
-
 
 
 def route_key(full_filter: str) -> RouteKey:
@@ -66,17 +55,17 @@ class ClusterState:
     def __init__(self) -> None:
         self._reset()
         self._handlers: dict[type, Callable[[Any], object]] = {
-            SetMembers: self._set_members,
-            NodeDown: self._node_down,
-            NodeUp: self._node_up,
-            ClaimClient: self._claim,
-            ReleaseClient: self._release,
-            AddSessionSubscriptions: self._add_session_subscriptions,
-            RemoveSessionSubscriptions: self._remove_session_subscriptions,
-            RegisterWill: self._register_will,
-            AddRoute: self._add_route,
-            RemoveRoute: self._remove_route,
-            SetRetained: self._set_retained,
+            commands.SetMembers: self._set_members,
+            commands.NodeDown: self._node_down,
+            commands.NodeUp: self._node_up,
+            commands.ClaimClient: self._claim,
+            commands.ReleaseClient: self._release,
+            commands.AddSessionSubscriptions: self._add_session_subscriptions,
+            commands.RemoveSessionSubscriptions: self._remove_session_subscriptions,
+            commands.RegisterWill: self._register_will,
+            commands.AddRoute: self._add_route,
+            commands.RemoveRoute: self._remove_route,
+            commands.SetRetained: self._set_retained,
         }
 
     def _reset(self) -> None:
@@ -109,11 +98,11 @@ class ClusterState:
     def _owned_by(self, client_id: str, node_id: str, epoch: int) -> bool:
         return self.owners.get(client_id) == (node_id, epoch)
 
-    def _set_members(self, cmd: SetMembers) -> None:
+    def _set_members(self, cmd: commands.SetMembers) -> None:
         self.members = tuple(sorted(set(cmd.members)))
         self.down &= set(self.members)
 
-    def _claim(self, cmd: ClaimClient) -> ClaimResult:
+    def _claim(self, cmd: commands.ClaimClient) -> ClaimResult:
         client_id = cmd.client_id
         epoch = self.next_epoch
         self.next_epoch += 1
@@ -138,7 +127,7 @@ class ClusterState:
             session,
         )
 
-    def _release(self, cmd: ReleaseClient) -> bool:
+    def _release(self, cmd: commands.ReleaseClient) -> bool:
         """The client's session ended on its owner: the id, the session and the will go."""
         if not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
             return False
@@ -147,7 +136,7 @@ class ClusterState:
         self.sessions.pop(cmd.client_id, None)
         return True
 
-    def _add_session_subscriptions(self, cmd: AddSessionSubscriptions) -> bool:
+    def _add_session_subscriptions(self, cmd: commands.AddSessionSubscriptions) -> bool:
         session = self.sessions.get(cmd.client_id)
         if session is None or not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
             return False
@@ -157,7 +146,7 @@ class ClusterState:
         self.sessions[cmd.client_id] = session._replace(subscriptions=tuple(subs.values()))
         return True
 
-    def _remove_session_subscriptions(self, cmd: RemoveSessionSubscriptions) -> bool:
+    def _remove_session_subscriptions(self, cmd: commands.RemoveSessionSubscriptions) -> bool:
         session = self.sessions.get(cmd.client_id)
         if session is None or not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
             return False
@@ -166,7 +155,7 @@ class ClusterState:
         self.sessions[cmd.client_id] = session._replace(subscriptions=kept)
         return True
 
-    def _register_will(self, cmd: RegisterWill) -> bool:
+    def _register_will(self, cmd: commands.RegisterWill) -> bool:
         if not self._owned_by(cmd.client_id, cmd.node_id, cmd.epoch):
             return False
         if cmd.will is None:
@@ -175,7 +164,7 @@ class ClusterState:
             self.wills[cmd.client_id] = cmd.will
         return True
 
-    def _add_route(self, cmd: AddRoute) -> bool:
+    def _add_route(self, cmd: commands.AddRoute) -> bool:
         key = RouteKey(cmd.share_group, cmd.topic_filter)
         nodes = self.routes.get(key)
         if nodes is None:
@@ -186,7 +175,7 @@ class ClusterState:
         self._route_index.add(cmd.topic_filter, (cmd.share_group, cmd.node_id), None)
         return True
 
-    def _remove_route(self, cmd: RemoveRoute) -> bool:
+    def _remove_route(self, cmd: commands.RemoveRoute) -> bool:
         key = RouteKey(cmd.share_group, cmd.topic_filter)
         nodes = self.routes.get(key)
         if nodes is None or cmd.node_id not in nodes:
@@ -197,25 +186,25 @@ class ClusterState:
         self._route_index.remove(cmd.topic_filter, (cmd.share_group, cmd.node_id))
         return True
 
-    def _set_retained(self, cmd: SetRetained) -> bool:
+    def _set_retained(self, cmd: commands.SetRetained) -> bool:
         if cmd.retained is None:
             return self.retained.pop(cmd.topic, None) is not None
         self.retained[cmd.topic] = cmd.retained
         return True
 
-    def _node_up(self, cmd: NodeUp) -> bool:
+    def _node_up(self, cmd: commands.NodeUp) -> bool:
         if cmd.node_id not in self.down:
             return False
         self.down.discard(cmd.node_id)
         return True
 
-    def _node_down(self, cmd: NodeDown) -> NodeDownResult:
+    def _node_down(self, cmd: commands.NodeDown) -> NodeDownResult:
         """Drop a dead node's routes, re-home its persistent sessions, hand back its wills."""
         dead = cmd.node_id
         self.down.add(dead)
         for key, nodes in list(self.routes.items()):
             if dead in nodes:
-                self._remove_route(RemoveRoute(dead, key[1], key[0]))
+                self._remove_route(commands.RemoveRoute(dead, key[1], key[0]))
         live = self.live_members()
         wills: list[tuple[str, WillRecord]] = []
         rehomed: list[tuple[str, Owner]] = []
@@ -235,7 +224,7 @@ class ClusterState:
             rehomed.append((client_id, owner))
             for sub in session.subscriptions:
                 group, topic_filter = route_key(sub.topic_filter)
-                self._add_route(AddRoute(home, topic_filter, group))
+                self._add_route(commands.AddRoute(home, topic_filter, group))
         return NodeDownResult(tuple(wills), tuple(rehomed), tuple(released), self.next_epoch)
 
     # -- reading -------------------------------------------------------------
@@ -301,5 +290,5 @@ class ClusterState:
         self.wills = {cid: WillRecord(*will) for cid, will in snapshot["wills"].items()}
         for (group, topic_filter), nodes in snapshot["routes"].items():
             for node in nodes:
-                self._add_route(AddRoute(node, topic_filter, group))
+                self._add_route(commands.AddRoute(node, topic_filter, group))
         self.retained = {topic: RetainedRecord(*r) for topic, r in snapshot["retained"].items()}

@@ -766,9 +766,7 @@ async def node2(cluster: Cluster) -> Node:
     return forwarder
 
 
-async def test_duplicates_are_dropped_and_acknowledged_again(
-    cluster: Cluster, node2: Node
-) -> None:
+async def test_duplicates_are_dropped_and_acknowledged_again(cluster: Cluster, node2: Node) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a", "b")
     assert (await peer.receive()).ack == 1
@@ -781,9 +779,7 @@ async def test_duplicates_are_dropped_and_acknowledged_again(
     await peer.close()
 
 
-async def test_a_gap_left_by_discarded_frames_is_tolerated(
-    cluster: Cluster, node2: Node
-) -> None:
+async def test_a_gap_left_by_discarded_frames_is_tolerated(cluster: Cluster, node2: Node) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a")
     peer.send(4, "d")  # frames 2 and 3 were discarded when node1 gave up on node2
@@ -794,9 +790,7 @@ async def test_a_gap_left_by_discarded_frames_is_tolerated(
     await peer.close()
 
 
-async def test_a_restarted_peer_starts_a_new_receive_cursor(
-    cluster: Cluster, node2: Node
-) -> None:
+async def test_a_restarted_peer_starts_a_new_receive_cursor(cluster: Cluster, node2: Node) -> None:
     first = ScriptedPeer(node2, incarnation=11)
     first.send(1, "a")
     first.send(2, "b")
@@ -842,9 +836,7 @@ async def test_unacknowledged_frames_are_resent_first_on_a_new_stream(
     await second.close()
 
 
-async def test_a_failing_handler_does_not_wedge_the_stream(
-    cluster: Cluster, node2: Node
-) -> None:
+async def test_a_failing_handler_does_not_wedge_the_stream(cluster: Cluster, node2: Node) -> None:
     def explode(message: Message) -> None:
         if message.payload == b"bad":
             raise RuntimeError("handler bug")
