@@ -31,7 +31,7 @@ from .connect import ConnectHandshake
 from .context import NodeContext
 from .extensions import Extensions
 from .fanout import FanOut
-from .hooks import ClusterHooks, LocalCluster, SessionMessages, SessionTransfer, SharedGroup
+from .hooks import ClusterHooks, LocalCluster, RouteKey, SessionMessages, SessionTransfer
 from .listeners import open_listener
 from .message import Message
 from .migration import SessionMigration
@@ -211,7 +211,7 @@ class Broker:
         self.migration.adopt(client_id, epoch, transfer)
 
     def deliver_forwarded(
-        self, message: Message, shared_groups: Collection[SharedGroup] | None = None
+        self, message: Message, shared_groups: Collection[RouteKey] | None = None
     ) -> None:
         self.fanout.deliver(message, None, shared_groups)
 

@@ -22,20 +22,10 @@ from __future__ import annotations
 from contextlib import suppress
 
 from raftmq.node.decoders import DECODERS, Handler, connect_header, decode_connect
-from raftmq.node.encoders import ENCODERS, encode_publish_parts
+from raftmq.node.encoders import ENCODERS
 from raftmq.node.packets import Packet, PacketType
-from raftmq.node.properties import decode_properties
 from raftmq.node.reason_codes import ReasonCode
 from raftmq.node.wire import MAX_VARINT, MQTTProtocolError
-
-__all__ = [
-    "MAX_PACKET_SIZE",
-    "Decoder",
-    "MQTTProtocolError",
-    "decode_properties",
-    "encode",
-    "encode_publish_parts",
-]
 
 # One type byte, four length bytes and the largest remaining length.
 MAX_PACKET_SIZE = 1 + 4 + MAX_VARINT

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from .extensions import Extensions
-from .hooks import SharedGroup
+from .hooks import RouteKey
 from .message import Message
 from .round_robin import RoundRobin
 from .session import Delivery, Session, Subscription
@@ -34,13 +34,13 @@ class FanOut:
         """Plain subscriptions: topic filter → client id → subscription."""
         self.shared: TopicIndex[tuple[str, str], Subscription] = TopicIndex()
         """Shared subscriptions: topic filter → (group, client id) → subscription."""
-        self._turns: RoundRobin[SharedGroup] = RoundRobin()
+        self._turns: RoundRobin[RouteKey] = RoundRobin()
 
     def deliver(
         self,
         message: Message,
         publisher: ClientProtocol | None = None,
-        only_groups: Collection[SharedGroup] | None = None,
+        only_groups: Collection[RouteKey] | None = None,
     ) -> int:
         """Deliver to this node's subscribers; returns how many sessions got it.
 
@@ -126,15 +126,16 @@ class FanOut:
         self,
         message: Message,
         entries: tuple[tuple[str, tuple[str, str], Subscription], ...],
-        only_groups: Collection[SharedGroup] | None,
+        only_groups: Collection[RouteKey] | None,
         publisher: ClientProtocol | None,
     ) -> int:
         """Each matching share group gets one copy, round robin, preferring online members."""
-        groups: dict[SharedGroup, list[tuple[str, Subscription]]] = {}
+        groups: dict[RouteKey, list[tuple[str, Subscription]]] = {}
         for topic_filter, (group, client_id), sub in entries:
-            if only_groups is not None and (group, topic_filter) not in only_groups:
+            key = RouteKey(group, topic_filter)
+            if only_groups is not None and key not in only_groups:
                 continue
-            groups.setdefault((group, topic_filter), []).append((client_id, sub))
+            groups.setdefault(key, []).append((client_id, sub))
         delivered = 0
         sessions = self.sessions
 

@@ -20,14 +20,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .message import Message
 from .packets import Will
 from .session import Delivery, Outgoing, Subscription
 
-SharedGroup = tuple[str, str]
-"""(share group name, topic filter) of a ``$share/group/filter`` subscription."""
+
+class RouteKey(NamedTuple):
+    """What a route is for: a topic filter, with the share group of its subscribers.
+
+    ``share_group`` is the group of ``$share/<group>/<filter>`` subscribers, or
+    None for plain subscribers of the filter. The order is the one
+    ``ClusterHooks.add_route`` takes its arguments in.
+    """
+
+    share_group: str | None
+    topic_filter: str
 
 
 class ClusterUnavailable(Exception):
@@ -94,13 +103,13 @@ class NodeEvents(Protocol):
         """
 
     def deliver_forwarded(
-        self, message: Message, shared_groups: Collection[SharedGroup] | None = None
+        self, message: Message, shared_groups: Collection[RouteKey] | None = None
     ) -> None:
         """A publish from another node whose topic matches our subscribers.
 
-        ``shared_groups`` are the (group, topic filter) share groups this node was
-        chosen to serve for the message: only those get it here, so that each group
-        gets it once cluster-wide. None serves every local group.
+        ``shared_groups`` are the share groups (``RouteKey`` with a group) this node
+        was chosen to serve for the message: only those get it here, so that each
+        group gets it once cluster-wide. None serves every local group.
         """
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
@@ -158,10 +167,10 @@ class ClusterHooks(Protocol):
     ) -> None:
         """Remove subscriptions of a persistent session."""
 
-    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def add_route(self, share_group: str | None, topic_filter: str) -> None:
         """The first local subscriber of ``topic_filter`` (in ``share_group``) appeared here."""
 
-    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
         """The last local subscriber of ``topic_filter`` (in ``share_group``) went away."""
 
     async def set_retained(self, topic: str, message: Message | None) -> None: ...
@@ -186,7 +195,7 @@ class LocalCluster:
         self._node: NodeEvents | None = None
         self._epochs: dict[str, int] = {}
         self._owners: dict[str, str] = {}
-        self.routes: set[tuple[str | None, str]] = set()
+        self.routes: set[RouteKey] = set()
         self.wills: dict[str, Will] = {}
 
     def attach(self, node: NodeEvents) -> None:
@@ -210,10 +219,7 @@ class LocalCluster:
         self._epochs[client_id] = epoch
         previous = self._owners.get(client_id)
         self._owners[client_id] = self.node_id
-        if will is None:
-            self.wills.pop(client_id, None)
-        else:
-            self.wills[client_id] = will
+        self._set_will(client_id, will)
         return Claim(epoch, previous)
 
     def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
@@ -236,17 +242,20 @@ class LocalCluster:
         if self._epochs.get(client_id) == epoch:
             self._owners.pop(client_id, None)
 
-    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
-        self.routes.add((share_group, topic_filter))
+    async def add_route(self, share_group: str | None, topic_filter: str) -> None:
+        self.routes.add(RouteKey(share_group, topic_filter))
 
-    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
-        self.routes.discard((share_group, topic_filter))
+    async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
+        self.routes.discard(RouteKey(share_group, topic_filter))
 
     async def set_retained(self, topic: str, message: Message | None) -> None:
         assert self._node is not None, "LocalCluster used before attach()"
         self._node.apply_retained(topic, message)
 
     async def register_will(self, client_id: str, will: Will | None) -> None:
+        self._set_will(client_id, will)
+
+    def _set_will(self, client_id: str, will: Will | None) -> None:
         if will is None:
             self.wills.pop(client_id, None)
         else:

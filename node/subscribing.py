@@ -14,7 +14,7 @@ import time
 
 from .context import NodeContext, NodePart
 from .fanout import FanOut
-from .hooks import ClusterUnavailable
+from .hooks import ClusterUnavailable, RouteKey
 from .packets import Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol import ClientProtocol, ProtocolViolation
 from .reason_codes import ReasonCode
@@ -23,9 +23,6 @@ from .topics import parse_shared, topic_levels
 
 log = logging.getLogger("raftmq.broker")
 
-RouteRef = tuple[str | None, str]
-"""(share group or None, topic filter): one route of this node in the cluster."""
-
 
 class Subscriptions(NodePart):
     """Subscribe and unsubscribe for this node's clients."""
@@ -33,7 +30,7 @@ class Subscriptions(NodePart):
     def __init__(self, node: NodeContext, fanout: FanOut) -> None:
         super().__init__(node)
         self.fanout = fanout
-        self._route_refs: dict[RouteRef, int] = {}
+        self._route_refs: dict[RouteKey, int] = {}
         """Local subscribers per route: the route goes when its count reaches zero."""
 
     async def handle_subscribe(self, client: ClientProtocol, packet: Subscribe) -> None:
@@ -137,10 +134,10 @@ class Subscriptions(NodePart):
 
     async def add(self, client_id: str, sub: Subscription) -> None:
         """Enter ``sub`` in the local index, routing it in the cluster first if it is new here."""
-        key: RouteRef = (sub.share_group, sub.topic_filter)
+        key = RouteKey(sub.share_group, sub.topic_filter)
         refs = self._route_refs.get(key, 0)
         if refs == 0:
-            await self.hooks.add_route(sub.topic_filter, sub.share_group)
+            await self.hooks.add_route(sub.share_group, sub.topic_filter)
         fanout = self.fanout
         if sub.share_group is None:
             added = fanout.subscriptions.add(sub.topic_filter, client_id, sub)
@@ -157,13 +154,13 @@ class Subscriptions(NodePart):
             removed = fanout.shared.remove(sub.topic_filter, (sub.share_group, client_id))
         if not removed:
             return
-        key: RouteRef = (sub.share_group, sub.topic_filter)
+        key = RouteKey(sub.share_group, sub.topic_filter)
         refs = self._route_refs[key] - 1
         if refs:
             self._route_refs[key] = refs
         else:
             del self._route_refs[key]
-            self.background.run(self.hooks.remove_route(sub.topic_filter, sub.share_group))
+            self.background.run(self.hooks.remove_route(sub.share_group, sub.topic_filter))
 
     def __len__(self) -> int:
         """How many subscriptions this node holds, plain and shared."""

@@ -43,6 +43,6 @@ ulimit -Sn "$(ulimit -Hn)"
 track_process_groups raftmq-bench-cluster
 
 status=0
-.venv/bin/python -m raftmq.cluster.bench.cluster_compare \
+.venv/bin/python -m raftmq.cluster.tools.bench.cluster_compare \
     --groups-file "$BENCH_TMP/groups" --command "scripts/bench-cluster.sh $*" "$@" || status=$?
 exit "$status"

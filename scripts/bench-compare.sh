@@ -84,7 +84,7 @@ if ((need_venv)); then
     extra+=(--amqtt "$BENCH_VENV/bin/amqtt" --charts-python "$BENCH_VENV/bin/python")
 fi
 status=0
-.venv/bin/python -m raftmq.cluster.bench.compare \
+.venv/bin/python -m raftmq.cluster.tools.bench.compare \
     --groups-file "$BENCH_TMP/groups" --command "scripts/bench-compare.sh $*" \
     "${extra[@]}" "$@" || status=$?
 exit "$status"

@@ -29,7 +29,7 @@ from rawmqtt import (
     subscribe,
 )
 
-from raftmq.cluster.bench.brokers import free_port_run
+from raftmq.cluster.tools.bench.brokers import free_port_run
 
 if TYPE_CHECKING:
     from conftest import RunningBroker

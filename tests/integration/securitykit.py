@@ -1,6 +1,6 @@
 """Helpers for the TLS, authentication and ACL tests: certificates, TLS raw clients, SIGHUP.
 
-Certificates are made fresh for every test with ``raftmq.cluster.certs`` (the
+Certificates are made fresh for every test with ``raftmq.cluster.tools.certgen`` (the
 code behind ``raftmq certs init``), including the odd ones a test needs: a
 client certificate from another CA, an expired one, one naming a user.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from rawmqtt import CONNECT, RawClient, binary, encode_properties, packet, utf8
 
-from raftmq.cluster.certgen import Issued, make_ca, make_certificate, write_cert, write_issued
+from raftmq.cluster.tools.certgen import Issued, make_ca, make_certificate, write_cert, write_issued
 
 if TYPE_CHECKING:
     from conftest import RunningBroker

@@ -213,7 +213,7 @@ async def test_paced_publisher_stamps_the_release_time_not_the_late_send() -> No
     import asyncio
     import struct
 
-    from raftmq.cluster.bench.client import Publisher
+    from raftmq.cluster.tools.bench.client import Publisher
 
     def stamps(data: bytes, count: int) -> list[int]:
         # 3.1.1 QoS 1 PUBLISH of this topic and a 16-byte payload: fixed-size packets.
@@ -243,10 +243,10 @@ async def test_paced_publisher_stamps_the_release_time_not_the_late_send() -> No
 
 
 def _compare(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m raftmq.cluster.bench.compare`` with the results written under tmp_path."""
+    """``python -m raftmq.cluster.tools.bench.compare`` with the results written under tmp_path."""
     return subprocess.run(
         [
-            sys.executable, "-m", "raftmq.cluster.bench.compare",
+            sys.executable, "-m", "raftmq.cluster.tools.bench.compare",
             "--groups-file", str(tmp_path / "groups"),
             "--results", str(tmp_path / "results.json"),
             "--markdown", str(tmp_path / "BENCHMARKS.md"),
@@ -347,8 +347,15 @@ def _case(name: str, scenario: str, medians: dict[str, dict[str, float]], **extr
     }
 
 
+def test_compare_writes_its_files_into_this_checkout_by_default() -> None:
+    from raftmq.cluster.tools.bench.compare import REPO
+
+    assert (REPO / "pyproject.toml").is_file() and (REPO / "scripts" / "bench-charts.py").is_file()
+    assert Path(__file__).resolve().parents[2] == REPO
+
+
 def test_targets_are_judged_from_ratios_and_clean_runs() -> None:
-    from raftmq.cluster.bench.targets import MET, NOT_MEASURED, NOT_MET, evaluate
+    from raftmq.cluster.tools.bench.targets import MET, NOT_MEASURED, NOT_MET, evaluate
 
     rate = {"mosquitto": 100.0, "amqtt": 10.0}
     results = {
@@ -565,7 +572,7 @@ def test_cross_node_runs_in_a_cluster(cluster: Cluster, node_clients: NodeClient
 
 
 def test_cluster_addresses_are_read_as_cluster_up_prints_them() -> None:
-    from raftmq.cluster.bench.brokers import BrokerStartError, parse_mqtt_address
+    from raftmq.cluster.tools.bench.brokers import BrokerStartError, parse_mqtt_address
 
     assert parse_mqtt_address("n1", "tcp://127.0.0.1:1883") == ("127.0.0.1", 1883)
     assert parse_mqtt_address("n2", "127.0.0.1:1886") == ("127.0.0.1", 1886)
@@ -580,7 +587,7 @@ def test_bench_cluster_smoke_writes_every_row_and_stops_everything(tmp_path: Pat
     out = tmp_path / "cluster.json"
     done = subprocess.run(
         [
-            sys.executable, "-m", "raftmq.cluster.bench.cluster_compare",
+            sys.executable, "-m", "raftmq.cluster.tools.bench.cluster_compare",
             "--smoke", "--runs", "1", "--json", str(out),
             "--groups-file", str(tmp_path / "groups"),
         ],

@@ -12,7 +12,8 @@ from typing import IO
 
 import pytest
 
-from raftmq.cluster.cli import build_parser, node_config
+from raftmq.cluster.cli.main import build_parser
+from raftmq.cluster.cli.node import node_config
 from raftmq.node.config import KEYS, ListenAddress
 
 RAFTMQ = str(Path(sys.executable).parent / "raftmq")

@@ -42,7 +42,7 @@ from rawmqtt import (
     subscribe,
 )
 
-from raftmq.cluster.raft import RaftOptions
+from raftmq.cluster.replication.raft import RaftOptions
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
 
@@ -204,7 +204,7 @@ def test_share_group_over_nodes_gets_each_message_once(
     serving_nodes: set[str],
 ) -> None:
     """Each message goes to one member cluster-wide. A group with a member on the
-    publisher's node is served there alone (cluster/replicated.py ``_plan``); otherwise
+    publisher's node is served there alone (cluster/replication/replicated.py ``_plan``); otherwise
     the nodes with members take turns, and each node's members take turns."""
     members: dict[str, RawClient] = {}
     serving: set[str] = set()

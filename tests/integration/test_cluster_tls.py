@@ -34,7 +34,7 @@ from clusterkit import (
 )
 from rawmqtt import DISCONNECT, PUBACK, RawClient, publish
 
-from raftmq.cluster.forwarding import ForwardingSettings
+from raftmq.cluster.forwarding.transport import ForwardingSettings
 
 if TYPE_CHECKING:
     from conftest import RunningBroker

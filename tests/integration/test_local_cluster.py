@@ -15,7 +15,7 @@ import pytest
 from clusterkit import free_port_run
 from rawmqtt import CONNACK, PUBACK, PUBLISH, SUBACK, RawClient, ack, connect, publish, subscribe
 
-from raftmq.cluster.local_cluster import LocalClusterError, plan_nodes
+from raftmq.cluster.cli.cluster_up import LocalClusterError, plan_nodes
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
 

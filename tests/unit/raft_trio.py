@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from raftmq.cluster.raft import RaftNode, RaftOptions
+from raftmq.cluster.replication.raft import RaftNode, RaftOptions
 
 SECRET = "unit-test-cluster-secret"
 IDS = ("n1", "n2", "n3")

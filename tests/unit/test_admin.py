@@ -16,23 +16,19 @@ from grpc import aio
 from raft_trio import IDS, SECRET, Trio, eventually
 from test_forwarding import _compiled_proto
 
-from raftmq.cluster.admin import (
+from raftmq.cluster.admin.calls import (
     AUTH_KEY,
     NODE_DOWN,
     NONCE_KEY,
     SERVICE,
     STATUS,
     TIME_KEY,
-    AdminCallFailed,
-    AdminClient,
     AdminRejected,
-    AdminService,
     CallChecker,
     call_metadata,
     path,
-    status_report,
 )
-from raftmq.cluster.admin_cli import (
+from raftmq.cluster.admin.cli import (
     AdminCommandFailed,
     ClusterAccess,
     cluster_access,
@@ -40,10 +36,13 @@ from raftmq.cluster.admin_cli import (
     render_node_down,
     render_status,
 )
-from raftmq.cluster.certgen import issue_node_files, node_files
-from raftmq.cluster.forwarding import PeerStatus
-from raftmq.cluster.replicated import RaftCluster
-from raftmq.cluster.rpc import NodeTLS, wrap
+from raftmq.cluster.admin.client import AdminCallFailed, AdminClient
+from raftmq.cluster.admin.service import AdminService, status_report
+from raftmq.cluster.forwarding.transport import PeerStatus
+from raftmq.cluster.replication.replicated import RaftCluster
+from raftmq.cluster.rpc import wrap
+from raftmq.cluster.tls import NodeTLS
+from raftmq.cluster.tools.certgen import issue_node_files, node_files
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 
@@ -159,6 +158,12 @@ class NoPeers:
     def send(self, node_ids: Collection[str], message: Message, shared_groups: Any = None) -> None:
         return None
 
+    def start(self, inbox: object) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
 
 def peer_status(node_id: str, connected: bool) -> PeerStatus:
     return PeerStatus(
@@ -262,8 +267,8 @@ async def nodes(tmp_path: Path) -> AsyncIterator[AdminNodes]:
 async def test_status_reports_raft_state_routes_counts_and_streams(nodes: AdminNodes) -> None:
     leader = nodes.leader()
     follower = next(n for n in IDS if n != leader)
-    await nodes.clusters[follower].add_route("a/#", None)
-    await nodes.clusters[leader].add_route("jobs/#", "workers")
+    await nodes.clusters[follower].add_route(None, "a/#")
+    await nodes.clusters[leader].add_route("workers", "jobs/#")
     await nodes.clusters[follower].claim_client("c1")
     nodes.streams[follower].lost.add(leader)
     await eventually(lambda: len(nodes.clusters[follower].state.routes) == 2, 10, "routes applied")
@@ -362,7 +367,7 @@ async def test_the_cli_calls_nodes_over_node_tls_when_the_config_sets_it(tmp_pat
     certs = tmp_path / "certs"
     issue_node_files(certs, IDS)
     files = {node_id: node_files(certs, node_id) for node_id in IDS}
-    tls = {n: NodeTLS.from_files(f.ca, f.cert, f.key) for n, f in files.items()}
+    tls = {n: NodeTLS(*(p.read_bytes() for p in (f.ca, f.cert, f.key))) for n, f in files.items()}
     async with admin_nodes(tmp_path, tls=tls) as nodes:
         raft, grpc_at = nodes.trio.addresses, nodes.addresses
         peers = [f'"{n}={raft[n]},{grpc_at[n]}"' for n in IDS if n != "n1"]

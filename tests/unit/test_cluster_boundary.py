@@ -65,13 +65,13 @@ class RecordingCluster(LocalCluster):
         self.calls.append(("release", client_id, epoch))
         await super().release_client(client_id, epoch)
 
-    async def add_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def add_route(self, share_group: str | None, topic_filter: str) -> None:
         self.calls.append(("add_route", topic_filter, share_group))
-        await super().add_route(topic_filter, share_group)
+        await super().add_route(share_group, topic_filter)
 
-    async def remove_route(self, topic_filter: str, share_group: str | None) -> None:
+    async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
         self.calls.append(("remove_route", topic_filter, share_group))
-        await super().remove_route(topic_filter, share_group)
+        await super().remove_route(share_group, topic_filter)
 
     async def set_retained(self, topic: str, message: Message | None) -> None:
         self.calls.append(("set_retained", topic, None if message is None else message.payload))

@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftmq.cluster.state import (
+from raftmq.cluster.replication.commands import (
     AddRoute,
     AddSessionSubscriptions,
     ClaimClient,
     ClaimResult,
-    ClusterState,
     NodeDown,
     NodeDownResult,
     NodeUp,
@@ -36,6 +35,14 @@ from raftmq.cluster.state import (
     StoredSubscription,
     WillRecord,
 )
+from raftmq.cluster.replication.state import ClusterState
+
+
+def nodes_for(state: ClusterState, topic: str) -> frozenset[str]:
+    """Every node with a route (plain or shared) whose filter matches ``topic``."""
+    plain, shared = state.route_targets(topic)
+    return plain.union(*(nodes for _, _, nodes in shared))
+
 
 WILL = WillRecord("last/words", b"bye", 1, False, {})
 
@@ -74,7 +81,7 @@ def test_claims_get_increasing_epochs_and_name_the_previous_owner() -> None:
     assert second == ClaimResult(2, "n1", 1, None)
     other = claim(state, "c2", "n1")
     assert other.epoch == 3, "epochs come from one cluster-wide counter"
-    assert state.owner_of("c1") == Owner("n2", 2)
+    assert state.owners.get("c1") == Owner("n2", 2)
 
 
 def test_release_needs_the_current_epoch() -> None:
@@ -83,9 +90,9 @@ def test_release_needs_the_current_epoch() -> None:
     claim(state, "c1", "n2")
     assert state.apply(ReleaseClient("c1", "n1", 1)) is False, "stale epoch"
     assert state.apply(ReleaseClient("c1", "n1", 2)) is False, "right epoch, wrong node"
-    assert state.owner_of("c1") == Owner("n2", 2)
+    assert state.owners.get("c1") == Owner("n2", 2)
     assert state.apply(ReleaseClient("c1", "n2", 2)) is True
-    assert state.owner_of("c1") is None
+    assert state.owners.get("c1") is None
     assert claim(state, "c1", "n3").epoch == 3, "a released id never reuses an old epoch"
 
 
@@ -164,12 +171,12 @@ def test_routes_keep_one_entry_per_node_the_node_refcounts_itself() -> None:
     assert state.apply(AddRoute("n1", "a/+")) is True
     assert state.apply(AddRoute("n1", "a/+")) is False, "a node adds a filter once"
     assert state.apply(AddRoute("n2", "a/+")) is True
-    assert state.nodes_for("a/b") == {"n1", "n2"}
+    assert nodes_for(state, "a/b") == {"n1", "n2"}
     assert state.apply(RemoveRoute("n1", "a/+")) is True
-    assert state.nodes_for("a/b") == {"n2"}, "n2's route outlives n1's"
+    assert nodes_for(state, "a/b") == {"n2"}, "n2's route outlives n1's"
     assert state.apply(RemoveRoute("n1", "a/+")) is False
     state.apply(RemoveRoute("n2", "a/+"))
-    assert state.nodes_for("a/b") == frozenset()
+    assert nodes_for(state, "a/b") == frozenset()
     assert state.routes == {}
 
 
@@ -183,9 +190,9 @@ def test_nodes_for_matches_wildcards_and_share_groups() -> None:
         AddRoute("n3", "sensors/kitchen/temp", "h"),
         AddRoute("n1", "#"),
     )
-    assert state.nodes_for("sensors/kitchen/temp") == {"n1", "n2", "n3"}
-    assert state.nodes_for("other") == {"n1", "n3"}
-    assert state.nodes_for("$SYS/x") == frozenset(), "wildcards never match $ topics"
+    assert nodes_for(state, "sensors/kitchen/temp") == {"n1", "n2", "n3"}
+    assert nodes_for(state, "other") == {"n1", "n3"}
+    assert nodes_for(state, "$SYS/x") == frozenset(), "wildcards never match $ topics"
     plain, shared = state.route_targets("sensors/kitchen/temp")
     assert plain == {"n1", "n2"}
     assert shared == (
@@ -250,13 +257,13 @@ def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
     home = live[zlib.crc32(b"p1") % 2]
     assert result.rehomed == (("p1", Owner(home, result.fence_epoch - 1)),)
     assert result.fence_epoch > max(owner.epoch for owner in state.owners.values())
-    assert state.owner_of("p1") == Owner(home, result.fence_epoch - 1)
-    assert state.owner_of("c2") is None and state.owner_of("c3") is None
-    assert state.owner_of("c4") == Owner("n1", 4), "other nodes' clients stay"
+    assert state.owners.get("p1") == Owner(home, result.fence_epoch - 1)
+    assert state.owners.get("c2") is None and state.owners.get("c3") is None
+    assert state.owners.get("c4") == Owner("n1", 4), "other nodes' clients stay"
     assert state.sessions["p1"].subscriptions == subs, "the session itself is kept"
     assert state.wills == {}
-    assert state.nodes_for("only/n2") == frozenset()
-    assert state.nodes_for("x/y") == {"n1"}
+    assert nodes_for(state, "only/n2") == frozenset()
+    assert nodes_for(state, "x/y") == {"n1"}
     assert state.route_targets("a/b")[0] == {home}, "the new home gets the session's routes"
     assert state.route_targets("c/d")[1] == (("g", "c/#", (home,)),)
     assert state.down == {"n2"}
@@ -273,7 +280,7 @@ def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> No
     result = state.apply(NodeDown("n1"))
     assert isinstance(result, NodeDownResult)
     assert result.released == ("p",) and result.rehomed == ()
-    assert "p" in state.sessions and state.owner_of("p") is None
+    assert "p" in state.sessions and state.owners.get("p") is None
 
 
 def test_unknown_commands_are_rejected_not_raised() -> None:
@@ -314,7 +321,7 @@ def test_snapshot_is_plain_builtins_and_restores_an_equal_state() -> None:
     restored = ClusterState()
     restored.restore(pickle.loads(pickle.dumps(snapshot)))
     assert restored.snapshot() == snapshot
-    assert restored.nodes_for("a/b") == state.nodes_for("a/b") == {"n1", "n2"}
+    assert nodes_for(restored, "a/b") == nodes_for(state, "a/b") == {"n1", "n2"}
     next_claims = [ClaimClient("p", "n2"), NodeDown("n1")]
     assert [restored.apply(c) for c in next_claims] == [state.apply(c) for c in next_claims]
 
@@ -391,3 +398,44 @@ def test_the_same_log_gives_the_same_state_and_results(log: list[object], cut: i
     assert late.snapshot() == one.snapshot()
     for topic in ("a/b", "b", "x"):
         assert late.route_targets(topic) == one.route_targets(topic)
+
+
+# -- the log format ------------------------------------------------------------------
+
+LOGGED_COMMANDS = (
+    SetMembers(("n1", "n2")),
+    NodeDown("n2"),
+    NodeUp("n2"),
+    ClaimClient("c1", "n1", False, 60, WillRecord("w", b"x", 1, True, {"content_type": "t"})),
+    ReleaseClient("c1", "n1", 3),
+    AddSessionSubscriptions(
+        "c1", "n1", 3, (StoredSubscription("$share/g/a/#", 1, True, False, 2, 7),)
+    ),
+    RemoveSessionSubscriptions("c1", "n1", 3, ("a",)),
+    RegisterWill("c1", "n1", 3, None),
+    AddRoute("n1", "a/+", "g"),
+    RemoveRoute("n1", "a/+"),
+    SetRetained("t", RetainedRecord(b"p", 1, {}, 12.5)),
+)
+EARLIER_ENTRY = bytes.fromhex(
+    "8005950602000000000000288c14726166746d712e636c75737465722e7374617465948c0a5365744d656d62"
+    "6572739493948c026e31948c026e329486948594529468008c084e6f6465446f776e94939468048594529468"
+    "008c064e6f6465557094939468048594529468008c0b436c61696d436c69656e74949394288c026331946803"
+    "894b3c68008c0a57696c6c5265636f7264949394288c017794430178944b01887d948c0c636f6e74656e745f"
+    "74797065948c01749473749481947494529468008c0d52656c65617365436c69656e74949394681268034b03"
+    "8794529468008c1741646453657373696f6e537562736372697074696f6e7394939428681268034b0368008c"
+    "1253746f726564537562736372697074696f6e949394288c0c2473686172652f672f612f23944b0188894b02"
+    "4b077494819485947494529468008c1a52656d6f766553657373696f6e537562736372697074696f6e739493"
+    "9428681268034b038c01619485947494529468008c0c526567697374657257696c6c94939428681268034b03"
+    "4e7494529468008c08416464526f75746594939468038c03612f2b948c0167948794529468008c0b52656d6f"
+    "7665526f757465949394680368384e8794529468008c0b53657452657461696e6564949394681968008c0e52"
+    "657461696e65645265636f726494939428430170944b017d9447402900000000000074948194869452947494"
+    "2e"
+)
+"""``LOGGED_COMMANDS`` as one Raft entry, pickled by the code before the commands
+moved to ``replication/commands.py`` (then ``raftmq.cluster.state``)."""
+
+
+def test_log_entries_keep_the_format_journals_and_peers_already_hold() -> None:
+    assert pickle.loads(EARLIER_ENTRY) == LOGGED_COMMANDS
+    assert pickle.dumps(LOGGED_COMMANDS, pickle.HIGHEST_PROTOCOL) == EARLIER_ENTRY

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,23 +26,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc import aio
 
-from raftmq.cluster.forwarding import (
+from raftmq.cluster.forwarding.frames import (
+    Forwarded,
+    Handover,
+    decode_frame,
+    encode_frame,
+)
+from raftmq.cluster.forwarding.handshake import (
+    PATH,
+    Hello,
+    PeerRejected,
+    check_hello,
+    hello_metadata,
+)
+from raftmq.cluster.forwarding.transport import (
     Forwarder,
     ForwardingSettings,
     UnknownPeer,
 )
-from raftmq.cluster.frames import Forwarded, Handover, SharedGroup, decode_frame, encode_frame
-from raftmq.cluster.rpc import (
-    PATH,
-    Hello,
-    NodeTLS,
-    PeerRejected,
-    check_hello,
-    hello_metadata,
-    unwrap,
-    wrap,
-)
-from raftmq.node.hooks import ClusterUnavailable
+from raftmq.cluster.rpc import unwrap, wrap
+from raftmq.cluster.server import GrpcServer
+from raftmq.cluster.tls import NodeTLS
+from raftmq.node.hooks import ClusterUnavailable, RouteKey, SessionMessages
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery
 
@@ -56,27 +62,27 @@ FAST = ForwardingSettings(reconnect_min=0.02, reconnect_max=0.2, unreachable_tim
 
 
 class Recorder:
-    """A node's handlers: remember everything, in order."""
+    """A node's inbox: remember everything, in order."""
 
     def __init__(self) -> None:
         self.publishes: list[tuple[str, str, bytes, int]] = []
-        self.groups: list[tuple[SharedGroup, ...]] = []
+        self.groups: list[tuple[RouteKey, ...]] = []
         self.kicks: list[tuple[str, str, int]] = []
         self.handovers: list[tuple[str, Handover]] = []
         self.on_each: Callable[[Message], None] | None = None
 
-    def on_publish(
-        self, origin: str, message: Message, shared_groups: tuple[SharedGroup, ...]
+    def publish_from_peer(
+        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
     ) -> None:
         if self.on_each is not None:
             self.on_each(message)
         self.publishes.append((origin, message.topic, message.payload, message.qos))
         self.groups.append(shared_groups)
 
-    def on_kick(self, origin: str, client_id: str, epoch: int) -> None:
+    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None:
         self.kicks.append((origin, client_id, epoch))
 
-    def on_handover(self, origin: str, handover: Handover) -> None:
+    def handover_from_peer(self, origin: str, handover: Handover) -> None:
         self.handovers.append((origin, handover))
 
     def payloads(self) -> list[bytes]:
@@ -228,30 +234,54 @@ class Certs:
         return NodeTLS(self.ca_pem, cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
+class Node:
+    """A forwarder and the gRPC server that serves its stream, as a node runs them;
+    everything else is the forwarder's."""
+
+    def __init__(self, forwarder: Forwarder, server: GrpcServer) -> None:
+        self.forwarder = forwarder
+        self.server = server
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.forwarder.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.forwarder, name)
+
+
 class Cluster:
     """Forwarders on loopback ports, stopped (with their proxies) when the test ends."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, Forwarder] = {}
+        self.nodes: dict[str, Node] = {}
         self.recorders: dict[str, Recorder] = {}
         self.proxies: list[TcpProxy] = []
 
-    async def node(self, node_id: str, port: int = 0, **options: object) -> Forwarder:
+    async def node(self, node_id: str, port: int = 0, **options: Any) -> Node:
         options.setdefault("settings", FAST)
         recorder = self.recorders.setdefault(node_id, Recorder())
-        forwarder = Forwarder(node_id, f"127.0.0.1:{port}", recorder, **options)  # type: ignore[arg-type]
-        await forwarder.start()
-        self.nodes[node_id] = forwarder
-        return forwarder
+        forwarder = Forwarder(node_id, **options)
+        forwarder.start(recorder)
+        keepalive = options["settings"].keepalive
+        server = GrpcServer(f"127.0.0.1:{port}", tls=options.get("tls"), keepalive=keepalive)
+        server.serve(forwarder.service())
+        await server.start()
+        node = self.nodes[node_id] = Node(forwarder, server)
+        return node
 
-    async def proxy(self, target: Forwarder) -> TcpProxy:
+    async def proxy(self, target: Node) -> TcpProxy:
         assert target.port is not None
         proxy = TcpProxy(target.port)
         await proxy.start()
         self.proxies.append(proxy)
         return proxy
 
-    def link(self, a: Forwarder, b: Forwarder, via: TcpProxy | None = None) -> None:
+    def link(self, a: Node, b: Node, via: TcpProxy | None = None) -> None:
         """Introduce two nodes to each other, as static membership does."""
         a.add_peer(
             b.node_id, via.address if via and a.node_id < b.node_id else f"127.0.0.1:{b.port}"
@@ -282,7 +312,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         await c.close()
 
 
-async def two(cluster: Cluster, **options: object) -> tuple[Forwarder, Forwarder]:
+async def two(cluster: Cluster, **options: Any) -> tuple[Node, Node]:
     a = await cluster.node("node1", **options)
     b = await cluster.node("node2", **options)
     cluster.link(a, b)
@@ -475,7 +505,8 @@ async def test_send_to_several_nodes_waits_for_every_one_and_is_not_forwarded_ag
 async def test_kick_and_handover_complete_after_the_peer_applied_them(cluster: Cluster) -> None:
     a, b = await two(cluster)
     m = msg("queued", qos=2)
-    handover = Handover("c1", 5, queued=[Delivery(m, 1, False, (4,))], incoming_qos2={9})
+    held = SessionMessages(queued=[Delivery(m, 1, False, (4,))], incoming_qos2={9})
+    handover = Handover("c1", 5, held)
     pub = a.send(["node2"], msg("before"))
     kick = a.kick("node2", "c1", 5)
     hand = a.hand_over("node2", handover)
@@ -483,8 +514,9 @@ async def test_kick_and_handover_complete_after_the_peer_applied_them(cluster: C
     rec = cluster.recorders["node2"]
     assert rec.kicks == [("node1", "c1", 5)]
     [(origin, got)] = rec.handovers
-    assert (origin, got.client_id, got.epoch, got.incoming_qos2) == ("node1", "c1", 5, {9})
-    assert [(d.message.payload, d.qos, d.subscription_ids) for d in got.queued] == [
+    assert (origin, got.client_id, got.epoch) == ("node1", "c1", 5)
+    assert got.messages.incoming_qos2 == {9}
+    assert [(d.message.payload, d.qos, d.subscription_ids) for d in got.messages.queued] == [
         (b"queued", 1, (4,))
     ]
     # the other direction, over the same stream
@@ -689,13 +721,13 @@ async def test_garbage_from_an_accepting_peer_is_a_broken_peer_not_a_crash(
 class ScriptedPeer:
     """Plays node1 on a fake stream to node2's link, frame by frame."""
 
-    def __init__(self, forwarder: Forwarder, incarnation: int) -> None:
+    def __init__(self, forwarder: Node, incarnation: int) -> None:
         self.forwarder = forwarder
         self.incarnation = incarnation
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        link = forwarder._links["node1"]  # the link under test
-        self.task = asyncio.create_task(link.accept(self._read, self._write, incarnation))
+        channel = forwarder._channels["node1"]  # the channel under test
+        self.task = asyncio.create_task(channel.accept(self._read, self._write, incarnation))
 
     async def _read(self) -> object:
         return await self.inbox.get()
@@ -728,15 +760,13 @@ class ScriptedPeer:
 
 
 @pytest.fixture
-async def node2(cluster: Cluster) -> Forwarder:
+async def node2(cluster: Cluster) -> Node:
     forwarder = await cluster.node("node2")
     forwarder.add_peer("node1", None)
     return forwarder
 
 
-async def test_duplicates_are_dropped_and_acknowledged_again(
-    cluster: Cluster, node2: Forwarder
-) -> None:
+async def test_duplicates_are_dropped_and_acknowledged_again(cluster: Cluster, node2: Node) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a", "b")
     assert (await peer.receive()).ack == 1
@@ -749,9 +779,7 @@ async def test_duplicates_are_dropped_and_acknowledged_again(
     await peer.close()
 
 
-async def test_a_gap_left_by_discarded_frames_is_tolerated(
-    cluster: Cluster, node2: Forwarder
-) -> None:
+async def test_a_gap_left_by_discarded_frames_is_tolerated(cluster: Cluster, node2: Node) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     peer.send(1, "a")
     peer.send(4, "d")  # frames 2 and 3 were discarded when node1 gave up on node2
@@ -762,9 +790,7 @@ async def test_a_gap_left_by_discarded_frames_is_tolerated(
     await peer.close()
 
 
-async def test_a_restarted_peer_starts_a_new_receive_cursor(
-    cluster: Cluster, node2: Forwarder
-) -> None:
+async def test_a_restarted_peer_starts_a_new_receive_cursor(cluster: Cluster, node2: Node) -> None:
     first = ScriptedPeer(node2, incarnation=11)
     first.send(1, "a")
     first.send(2, "b")
@@ -778,7 +804,7 @@ async def test_a_restarted_peer_starts_a_new_receive_cursor(
 
 
 async def test_an_ack_meant_for_a_previous_process_is_ignored(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     pending = node2.send(["node1"], msg("to node1"))
@@ -793,7 +819,7 @@ async def test_an_ack_meant_for_a_previous_process_is_ignored(
 
 
 async def test_unacknowledged_frames_are_resent_first_on_a_new_stream(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     first = ScriptedPeer(node2, incarnation=11)
     pending = [node2.send(["node1"], msg("one")), node2.send(["node1"], msg("two"))]
@@ -810,9 +836,7 @@ async def test_unacknowledged_frames_are_resent_first_on_a_new_stream(
     await second.close()
 
 
-async def test_a_failing_handler_does_not_wedge_the_stream(
-    cluster: Cluster, node2: Forwarder
-) -> None:
+async def test_a_failing_handler_does_not_wedge_the_stream(cluster: Cluster, node2: Node) -> None:
     def explode(message: Message) -> None:
         if message.payload == b"bad":
             raise RuntimeError("handler bug")
@@ -826,7 +850,7 @@ async def test_a_failing_handler_does_not_wedge_the_stream(
 
 
 async def test_an_item_that_cannot_be_encoded_fails_its_sender_only(
-    cluster: Cluster, node2: Forwarder
+    cluster: Cluster, node2: Node
 ) -> None:
     peer = ScriptedPeer(node2, incarnation=11)
     good = node2.send(["node1"], msg("good"))

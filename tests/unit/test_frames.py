@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftmq.cluster.frames import (
+from raftmq.cluster.forwarding.frames import (
     FORWARDED_PROPERTIES,
     Forwarded,
     FrameError,
@@ -30,6 +30,7 @@ from raftmq.cluster.frames import (
     schema_path,
 )
 from raftmq.cluster.rpc import unwrap, wrap
+from raftmq.node.hooks import SessionMessages
 from raftmq.node.message import HOP_PROPERTIES, Message
 from raftmq.node.properties import ALLOWED
 from raftmq.node.session import Delivery, Outgoing
@@ -103,9 +104,7 @@ def test_every_publish_property_is_forwarded_except_per_hop_ones() -> None:
 def test_kick_and_handover_round_trip_in_order_with_publishes() -> None:
     m1 = Message.create("s/1", b"one", 1, False, {"user_property": [("a", "b")]})
     m2 = Message.create("s/2", b"two", 2, True, {"content_type": "text/plain"})
-    handover = Handover(
-        "client-\u00e9",
-        42,
+    held = SessionMessages(
         queued=[Delivery(m1, 1, False, (5, 9)), Delivery(m2, 0, True)],
         outgoing={
             7: Outgoing(Delivery(m2, 2, False, (1,)), released=False),
@@ -113,12 +112,14 @@ def test_kick_and_handover_round_trip_in_order_with_publishes() -> None:
         },
         incoming_qos2={11, 2},
     )
+    handover = Handover("client-\u00e9", 42, held)
     items = [Forwarded(m1), Kick("client-x", 9), handover, Forwarded(m2)]
     got = _roundtrip(items).items
     assert [type(i) for i in got] == [Forwarded, Kick, Handover, Forwarded]
     assert got[1] == Kick("client-x", 9)
     h = got[2]
-    assert (h.client_id, h.epoch, h.incoming_qos2) == ("client-\u00e9", 42, {2, 11})
+    assert (h.client_id, h.epoch, h.messages.incoming_qos2) == ("client-\u00e9", 42, {2, 11})
+    h = h.messages
     assert [
         (d.message.topic, d.message.payload, d.qos, d.retain, d.subscription_ids) for d in h.queued
     ] == [
@@ -142,7 +143,7 @@ def test_ack_only_frame() -> None:
 
 def _valid_frame() -> bytes:
     message = Message.create("topic/abcd", b"payload", 1, False, dict(ALL_PROPERTIES))
-    handover = Handover("cid", 1, [Delivery(message, 1, False, (3,))], {}, {4})
+    handover = Handover("cid", 1, SessionMessages([Delivery(message, 1, False, (3,))], {}, {4}))
     return encode_frame(5, 2, [Forwarded(message, (("g", "f"),)), Kick("k", 2), handover], 0.0)
 
 
@@ -185,7 +186,7 @@ def test_invalid_utf8_in_a_topic_is_a_frame_error() -> None:
 
 
 def _publish_frame(**fields: object) -> bytes:
-    from raftmq.cluster.frames import schema
+    from raftmq.cluster.forwarding.frames import schema
 
     frame = schema.Frame.new_message(seq=fields.pop("seq", 1))
     publish = frame.init("items", 1)[0].init("publish")
@@ -214,7 +215,8 @@ def test_well_formed_but_invalid_frames_are_frame_errors(fields: dict, reason: s
 
 def test_handover_with_a_delivery_above_the_message_qos_is_a_frame_error() -> None:
     message = Message.create("t", b"", 0, False)
-    data = encode_frame(1, 0, [Handover("c", 1, [Delivery(message, 2, False)])], 0.0)
+    handover = Handover("c", 1, SessionMessages([Delivery(message, 2, False)]))
+    data = encode_frame(1, 0, [handover], 0.0)
     with pytest.raises(FrameError, match="above the message's"):
         decode_frame(data, 0.0)
 
@@ -252,7 +254,7 @@ def test_only_frames_py_loads_a_capnp_schema() -> None:
         for path in (ROOT / folder).rglob("*.py")
         if "capnp.load(" in path.read_text()
     ]
-    assert loaders == ["cluster/frames.py"]
+    assert loaders == ["cluster/forwarding/frames.py"]
 
 
 def test_schema_is_found_in_the_checkout_when_installed_editable() -> None:
@@ -287,7 +289,7 @@ def test_wheel_ships_the_schemas_and_loads_the_frames_schema_from_them(tmp_path:
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))
     # -S: no site module, so the editable install's path hook is not active.
     probe = (
-        "from raftmq.cluster import frames; "
+        "from raftmq.cluster.forwarding import frames; "
         "print(frames.schema_path()); "
         "print(frames.decode_frame(frames.encode_frame(1, 0, [], 0.0), 0.0).seq)"
     )

@@ -1,4 +1,5 @@
-"""No import circle in node/ or cluster/, counting every import.
+"""The shape of node/ and cluster/: no import circle, counting every import,
+and no source file over 600 lines.
 
 The modules are parsed, not imported. An import counts wherever it stands:
 at the top of the module, under ``if TYPE_CHECKING:``, or inside a function.
@@ -24,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"raftmq.node": ROOT / "node", "raftmq.cluster": ROOT / "cluster"}
 """Import name of each top folder; sub-folders are sub-packages of it."""
+MAX_LINES = 600
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,22 @@ def test_no_import_circle_in_node_or_cluster() -> None:
         pytest.fail(
             "import circles (TYPE_CHECKING and function-level imports count):\n" + "\n".join(report)
         )
+
+
+def test_the_graph_sees_lazy_and_type_checking_imports_in_the_tree() -> None:
+    graph = import_graph(find_modules(PACKAGES))
+    assert "raftmq.cluster.assemble" in graph["raftmq.cluster.cli.node"], "a lazy import"
+    type_only = graph["raftmq.cluster.replication.replicated"]
+    assert "raftmq.cluster.forwarding.transport" in type_only, "under TYPE_CHECKING"
+
+
+def test_no_source_file_over_600_lines() -> None:
+    long = {
+        module.path.relative_to(ROOT).as_posix(): lines
+        for module in find_modules(PACKAGES).values()
+        if (lines := len(module.path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
 
 
 def test_cycle_finder_on_hand_made_graphs() -> None:

@@ -19,11 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from raftmq.cluster import certgen
 from raftmq.cluster.assemble import build_cluster
-from raftmq.cluster.certgen import (
+from raftmq.cluster.certfiles import load_node_tls
+from raftmq.cluster.cli.cluster_up import cluster_certs, node_config, plan_nodes
+from raftmq.cluster.cli.main import main
+from raftmq.cluster.tls import NodeTLS
+from raftmq.cluster.tools import certgen
+from raftmq.cluster.tools.certgen import (
     issue_node_files,
-    load_node_tls,
     make_ca,
     make_node_certificate,
     node_files,
@@ -31,9 +34,6 @@ from raftmq.cluster.certgen import (
     write_issued,
     write_key,
 )
-from raftmq.cluster.cli import main
-from raftmq.cluster.local_cluster import cluster_certs, node_config, plan_nodes
-from raftmq.cluster.rpc import NodeTLS
 from raftmq.node.config import ConfigError, load_config
 
 SECRET = "unit-test-cluster-secret"
@@ -234,8 +234,9 @@ def test_build_cluster_gives_the_forwarder_the_node_certificate(
     config = load_config(overrides=cluster_overrides(tmp_path, **tls_keys(certs, "n1")))
     files = node_files(certs, "n1")
     expected = NodeTLS(files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
-    assert build_cluster(config).forwarder.tls == expected
-    assert build_cluster(load_config(overrides=cluster_overrides(tmp_path))).forwarder.tls is None
+    assert build_cluster(config).peers.tls == expected  # type: ignore[attr-defined]
+    plain = build_cluster(load_config(overrides=cluster_overrides(tmp_path)))
+    assert plain.peers.tls is None  # type: ignore[attr-defined]
 
 
 def test_a_missing_file_stops_the_node_naming_key_and_file(tmp_path: Path, certs: Path) -> None:

@@ -15,8 +15,16 @@ from pathlib import Path
 
 import pytest
 from raft_trio import IDS, SECRET, Trio, eventually
+from test_cluster_state import nodes_for
 
-from raftmq.cluster.raft import (
+from raftmq.cluster.replication.commands import (
+    AddRoute,
+    ClaimClient,
+    ClaimResult,
+    RetainedRecord,
+    SetRetained,
+)
+from raftmq.cluster.replication.raft import (
     DUMP_FILE,
     Applied,
     CommandRejected,
@@ -24,14 +32,7 @@ from raftmq.cluster.raft import (
     RaftStartError,
     raft_password,
 )
-from raftmq.cluster.state import (
-    AddRoute,
-    ClaimClient,
-    ClaimResult,
-    ClusterState,
-    RetainedRecord,
-    SetRetained,
-)
+from raftmq.cluster.replication.state import ClusterState
 from raftmq.node.hooks import ClusterUnavailable
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,7 +68,7 @@ async def test_commands_commit_from_every_node_and_apply_everywhere(trio: Trio) 
         for applied in events:
             assert applied.mine == (applied.command.node_id == node_id)  # type: ignore[attr-defined]
             assert not applied.orphaned
-    assert trio.nodes["n3"].state.owner_of("c1") == ("n3", 3)
+    assert trio.nodes["n3"].state.owners.get("c1") == ("n3", 3)
 
 
 async def test_concurrent_submits_in_one_loop_turn_share_one_log_entry(trio: Trio) -> None:
@@ -115,7 +116,7 @@ async def test_a_minority_cannot_commit_and_fails_within_the_bound(tmp_path: Pat
         with pytest.raises(ClusterUnavailable, match=r"no Raft commit within 1\.5s"):
             await leader.submit(ClaimClient("after", leader.node_id))
         assert time.monotonic() - started < 1.5 + 0.5
-        assert leader.state.owner_of("after") is None
+        assert leader.state.owners.get("after") is None
 
 
 async def test_a_command_that_commits_after_its_submitter_gave_up_is_orphaned(
@@ -194,7 +195,7 @@ async def test_a_node_far_behind_is_sent_a_snapshot(tmp_path: Path) -> None:
         await trio.converged(timeout=20)
         assert restored, "n3 caught up through a snapshot, not the (compacted) log"
         assert behind.state.retained["keep"].payload == b"v"
-        assert behind.state.nodes_for("f/39") == {leader.node_id}
+        assert nodes_for(behind.state, "f/39") == {leader.node_id}
 
         await trio.stop(leader.node_id)
         again = trio.make(leader.node_id)
@@ -203,7 +204,7 @@ async def test_a_node_far_behind_is_sent_a_snapshot(tmp_path: Path) -> None:
         await again.start()
         await eventually(lambda: bool(reloaded), 10, "a restarted node loads its own dump")
         await trio.converged(timeout=20)
-        assert again.state.nodes_for("f/39") == {leader.node_id}
+        assert nodes_for(again.state, "f/39") == {leader.node_id}
 
 
 async def test_a_node_with_the_wrong_secret_is_kept_out(tmp_path: Path) -> None:
@@ -217,7 +218,7 @@ async def test_a_node_with_the_wrong_secret_is_kept_out(tmp_path: Path) -> None:
             await intruder.submit(ClaimClient("c2", "n3"))
         assert intruder.state.owners == {}
         assert intruder.status().peers == {"n1": False, "n2": False}
-        assert trio.nodes["n1"].state.owner_of("c2") is None
+        assert trio.nodes["n1"].state.owners.get("c2") is None
 
 
 def test_the_cluster_secret_is_required(tmp_path: Path) -> None:
@@ -247,6 +248,8 @@ async def test_status_names_the_leader_and_connected_peers(trio: Trio) -> None:
     leader = await trio.leader()
     await leader.submit(ClaimClient("c", leader.node_id))
     for node in trio.nodes.values():
+        # A follower applies the claim on the leader's next heartbeat, not at once.
+        await eventually(lambda n=node: n.status().last_applied >= 2, 5, "the claim applied")
         status = node.status()
         assert status.leader == leader.node_id
         assert status.role == ("leader" if node is leader else "follower")
@@ -264,6 +267,6 @@ def test_importing_the_raft_bridge_leaves_socket_inet_ntop_working() -> None:
     """pysyncobj swaps in a Windows-only inet_ntop on import; raft.py must undo it."""
     import socket
 
-    import raftmq.cluster.raft  # noqa: F401
+    import raftmq.cluster.replication.raft  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"

@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 from raft_trio import FAST, IDS, Trio, eventually
 
-from raftmq.cluster.frames import Handover
-from raftmq.cluster.raft import RaftOptions
-from raftmq.cluster.replicated import RaftCluster, SharedGroup
-from raftmq.cluster.state import (
+from raftmq.cluster.forwarding.frames import Handover
+from raftmq.cluster.replication.commands import (
     ClaimClient,
     NodeDownResult,
     Owner,
@@ -30,7 +28,15 @@ from raftmq.cluster.state import (
     SetRetained,
     WillRecord,
 )
-from raftmq.node.hooks import Claim, ClusterUnavailable, SessionMessages, SessionTransfer
+from raftmq.cluster.replication.raft import RaftOptions
+from raftmq.cluster.replication.replicated import RaftCluster
+from raftmq.node.hooks import (
+    Claim,
+    ClusterUnavailable,
+    RouteKey,
+    SessionMessages,
+    SessionTransfer,
+)
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Outgoing, Subscription
@@ -86,24 +92,31 @@ class RecordingNode:
 
 @dataclass
 class LoopbackForwarder:
-    """Hands each message to the target nodes' events, and records who sent what where."""
+    """Hands each message to the target nodes' events, kicks and hand-overs to their
+    clusters as peers' frames, and records who sent what where."""
 
     nodes: dict[str, RecordingNode] = field(default_factory=dict)
     clusters: dict[str, RaftCluster] = field(default_factory=dict)
-    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[SharedGroup, ...]]]] = field(
+    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[RouteKey, ...]]]] = field(
         default_factory=list
     )
     handovers: list[tuple[str, Handover]] = field(default_factory=list)
 
+    def start(self, inbox: RaftCluster) -> None:
+        self.clusters[inbox.node_id] = inbox
+
+    async def stop(self) -> None:
+        return None
+
     def kick(self, node_id: str, client_id: str, epoch: int) -> asyncio.Future[None]:
-        self.nodes[node_id].kick_client(client_id, epoch)
+        self.clusters[node_id].kick_from_peer("?", client_id, epoch)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
     def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
         self.handovers.append((node_id, handover))
-        self.clusters[node_id].receive_handover("?", handover)
+        self.clusters[node_id].handover_from_peer("?", handover)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -112,7 +125,7 @@ class LoopbackForwarder:
         self,
         node_ids: Collection[str],
         message: Message,
-        shared_groups: Mapping[str, tuple[SharedGroup, ...]] | None = None,
+        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((tuple(node_ids), message.topic, dict(shared_groups or {})))
         for node_id in node_ids:
@@ -134,7 +147,7 @@ class Cluster:
         hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
         node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
         hooks.attach(node)
-        node.hooks = self.hooks[node_id] = self.forwarder.clusters[node_id] = hooks
+        node.hooks = self.hooks[node_id] = hooks
         return hooks
 
     async def start(self, *ids: str) -> None:
@@ -185,7 +198,7 @@ async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None
     assert ("c1", second.epoch) in cluster.nodes["n1"].kicks, "kicked ahead of its Raft apply"
     assert not cluster.forwarder.handovers, "no session to hand over"
     await n2.release_client("c1", second.epoch)
-    assert n2.state.owner_of("c1") is None
+    assert n2.state.owners.get("c1") is None
 
 
 async def test_a_will_is_registered_only_by_the_current_owner(cluster: Cluster) -> None:
@@ -237,7 +250,7 @@ async def test_a_resumed_session_whose_owner_is_gone_keeps_its_subscriptions(
     await n1.save_subscriptions("p2", claim.epoch, {"s/#": Subscription("s/#", 1)})
     cluster.forwarder.clusters.pop("n2")  # n1's hand-over never reaches n2
     cluster.forwarder.hand_over = lambda node_id, handover: asyncio.sleep(0)  # type: ignore[method-assign]
-    n2.handover_timeout = 0.2
+    n2.handovers.timeout = 0.2
     resumed = await n2.claim_client("p2", clean_start=False, expiry_interval=600)
     transfer = n2.take_session("p2", resumed)
     assert transfer is not None and list(transfer.subscriptions) == ["s/#"]
@@ -283,14 +296,14 @@ async def test_forward_targets_only_other_nodes_with_matching_routes(cluster: Cl
     forwarder = cluster.forwarder
     message = Message.create("s/x", b"m", 1, False)
     assert n1.forward(message) is None
-    await n2.add_route("s/+", None)
+    await n2.add_route(None, "s/+")
     await eventually(lambda: n1.forward(message) is not None, 5, "n1 sees n2's route")
     assert forwarder.sent[-1] == (("n2",), "s/x", {})
     assert cluster.nodes["n2"].forwarded[-1] is message
     assert n1.forward(Message.create("other", b"m", 0, False)) is None
     assert n2.forward(message) is None, "never to itself"
-    await n1.add_route("s/#", None)
-    await n2.remove_route("s/+", None)
+    await n1.add_route(None, "s/#")
+    await n2.remove_route(None, "s/+")
     await eventually(lambda: n1.forward(message) is None, 5, "route gone, cache dropped")
     await eventually(lambda: n2.forward(message) is not None, 5, "n2 sees n1's route")
     assert forwarder.sent[-1] == (("n1",), "s/x", {})
@@ -301,8 +314,8 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
     forwarder = cluster.forwarder
     message = Message.create("j/1", b"m", 1, False)
     group = ("g", "j/#")
-    await n2.add_route("j/#", "g")
-    await n3.add_route("j/#", "g")
+    await n2.add_route("g", "j/#")
+    await n3.add_route("g", "j/#")
     await cluster.trio.converged()
     sends = []
     for _ in range(4):
@@ -317,7 +330,7 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
     ], "round robin: one node serves the group for each message"
     assert n2.forward(message) is None, "n2 has a member of g itself"
 
-    await n3.add_route("j/+", None)
+    await n3.add_route(None, "j/+")
     await cluster.trio.converged()
     n1.forward(message)
     n1.forward(message)
@@ -331,7 +344,7 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
 
 async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) -> None:
     n1, n2, n3 = (cluster.hooks[n] for n in IDS)
-    await n2.add_route("wills/#", None)
+    await n2.add_route(None, "wills/#")
     await n3.claim_client("c9")
     await n3.register_will("c9", Will("wills/c9", b"c9 lost", 1, True))
     persistent = await n3.claim_client("p1", clean_start=False, expiry_interval=600)
@@ -359,7 +372,7 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     await eventually(lambda: ("c9", result.fence_epoch) in kicked, 5, "n3 drops its clients")
     assert ("p1", result.fence_epoch) in kicked
     assert n2.state.down == {"n3"}
-    assert n2.state.owner_of("p1") == Owner(home.node_id, home.epoch)
+    assert n2.state.owners.get("p1") == Owner(home.node_id, home.epoch)
     assert n1.status().down == ("n3",)
 
 
@@ -381,7 +394,7 @@ async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: 
         )
         claim = next(c for c in applied if isinstance(c, ClaimClient) and c.client_id == "late")
         assert claim.node_id == leader.node_id
-        assert leader.state.owner_of("late") is None
+        assert leader.state.owners.get("late") is None
         assert "late" not in leader._claims
     finally:
         await cluster.stop()
@@ -390,7 +403,7 @@ async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: 
 async def test_status_counts_what_the_state_holds(cluster: Cluster) -> None:
     n1 = cluster.hooks["n1"]
     await n1.claim_client("c1")
-    await n1.add_route("a/b", None)
+    await n1.add_route(None, "a/b")
     await n1.set_retained("a/b", Message.create("a/b", b"v", 0, True))
     status = n1.status()
     assert status.members == IDS

@@ -1,0 +1,1 @@
+"""The ``raftmq`` program (``main``) and its subcommands."""

@@ -1,0 +1,2 @@
+"""Forwarding between nodes: the frames, the handshake, the reliable link and the
+gRPC transport that carries it."""

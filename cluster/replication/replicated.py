@@ -1,0 +1,506 @@
+"""``ClusterHooks`` over Raft: the replicated implementation of the node's boundary.
+
+Every hook that changes cluster state becomes a command committed through
+the node's ``RaftNode``; it returns once the command is applied. Every node
+watches the applied commands (its own and its peers') and reacts through
+the ``NodeEvents`` of its broker: a client claimed elsewhere is kicked here,
+a retained message set anywhere is stored here.
+
+Writes on behalf of a client carry the epoch of this node's claim, so once
+another node has claimed the client they are ignored by the state machine.
+
+``forward`` is on the PUBLISH hot path: the set of nodes a topic goes to is
+cached per topic and the cache is dropped whenever routes change (rare next
+to publishes). A topic no other node wants costs one dict lookup and returns
+None. A share group with a member on this node is served here; otherwise one
+node with members is picked per message, round robin, and told to serve it,
+so each group gets each message once cluster-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from raftmq.node.background import Background
+from raftmq.node.hooks import (
+    Claim,
+    ClusterUnavailable,
+    NodeEvents,
+    RouteKey,
+    SessionMessages,
+    SessionTransfer,
+)
+from raftmq.node.message import Message
+from raftmq.node.packets import Will
+from raftmq.node.round_robin import RoundRobin
+from raftmq.node.session import Subscription
+
+from ..forwarding.frames import Handover
+from .commands import (
+    ROUTE_COMMANDS,
+    AddRoute,
+    AddSessionSubscriptions,
+    ClaimClient,
+    ClaimResult,
+    NodeDown,
+    NodeDownResult,
+    NodeUp,
+    RegisterWill,
+    ReleaseClient,
+    RemoveRoute,
+    RemoveSessionSubscriptions,
+    RetainedRecord,
+    SessionRecord,
+    SetMembers,
+    SetRetained,
+)
+from .convert import (
+    retained_message,
+    retained_record,
+    session_transfer,
+    stored_subscription,
+    will_record,
+)
+from .handovers import Handovers
+from .raft import Applied, RaftNode, RaftStatus
+from .state import ClusterState
+
+if TYPE_CHECKING:
+    from ..forwarding.transport import PeerInbox
+
+log = logging.getLogger("raftmq.cluster")
+
+DEFAULT_PLAN_CACHE_SIZE = 65_536
+ANNOUNCE_RETRY = 1.0
+
+
+class Peers(Protocol):
+    """What carries this node's messages to the others (``forwarding.transport.Forwarder``)."""
+
+    def start(self, inbox: PeerInbox) -> None:
+        """Open the streams to the peers; what they send from now on goes to ``inbox``."""
+
+    async def stop(self) -> None: ...
+
+    def send(
+        self,
+        node_ids: Collection[str],
+        message: Message,
+        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
+    ) -> Awaitable[None] | None:
+        """Queue ``message`` for each node; the awaitable completes when all have taken it.
+
+        A target delivers to its plain subscribers, and to the members of the
+        share groups ``shared_groups`` names for it: no others, so that each
+        group gets a message once cluster-wide.
+        """
+
+    def hand_over(self, node_id: str, handover: Handover) -> Awaitable[None]:
+        """Move a session's messages to ``node_id``; done when it has taken them."""
+
+    def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
+        """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
+
+
+class Service(Protocol):
+    """Something the node runs beside Raft (its gRPC server)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where one topic goes: nodes that always get it, and share groups to pick a node for."""
+
+    targets: tuple[str, ...]
+    """Other nodes with plain routes matching the topic."""
+    groups: tuple[tuple[RouteKey, tuple[str, ...]], ...]
+    """(group, candidate nodes) for each matching share group with no member on this node."""
+
+
+NO_PLAN = _Plan((), ())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    raft: RaftStatus
+    members: tuple[str, ...]
+    down: tuple[str, ...]
+    clients: int
+    persistent_sessions: int
+    routes: int
+    retained: int
+    wills: int
+
+
+class RaftCluster:
+    """The replicated ``ClusterHooks``, and the ``PeerInbox`` of this node's forwarding
+    (what peers send reaches the node through it); see the module docstring."""
+
+    def __init__(
+        self,
+        raft: RaftNode,
+        peers: Peers,
+        members: Sequence[str] | None = None,
+        *,
+        services: Sequence[Service] = (),
+        plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
+    ) -> None:
+        """``members``: the cluster's node ids, committed at start so that a dead
+        node's persistent sessions can be re-homed among the live ones.
+        ``services`` start (in order) once ``peers`` stream to this cluster and
+        before Raft, so that what Raft commits at startup can be served at once;
+        they stop, in reverse, after Raft."""
+        self.node_id = raft.node_id
+        self.raft = raft
+        self.peers = peers
+        self._services = tuple(services)
+        self._members = tuple(sorted(members)) if members is not None else None
+        self._node: NodeEvents | None = None
+        self._claims: dict[str, int] = {}
+        """Client id -> epoch of the claim this node holds for it."""
+        self._retained_topics: set[str] = set()
+        self._plans: dict[str, _Plan] = {}
+        self._plan_cache_size = plan_cache_size
+        self._share_turns: RoundRobin[RouteKey] = RoundRobin()
+        self._tasks = Background()
+        self.handovers = Handovers()
+        self._replayed: set[str] = set()
+        """Client ids that other nodes claimed or that moved, seen while catching up."""
+        raft.add_listener(self._on_applied)
+        raft.add_restore_listener(self._on_restored)
+
+    @property
+    def state(self) -> ClusterState:
+        """This node's view of the replicated state (read only)."""
+        return self.raft.state
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def attach(self, node: NodeEvents) -> None:
+        self._node = node
+
+    async def start(self) -> None:
+        self.peers.start(self)
+        for service in self._services:
+            await service.start()
+        await self.raft.start()
+        self._tasks.run(self._announce())
+        self._tasks.run(self._reconcile_when_caught_up())
+
+    async def stop(self) -> None:
+        await self._tasks.cancel()
+        try:
+            await self.raft.stop()
+        finally:
+            for service in reversed(self._services):
+                await service.stop()
+            await self.peers.stop()
+
+    async def _announce(self) -> None:
+        """Commit the member list and that this node is up, retrying until it sticks."""
+        commands: list[object] = [NodeUp(self.node_id)]
+        if self._members is not None:
+            commands.insert(0, SetMembers(self._members))
+        while True:
+            try:
+                await asyncio.gather(*(self.raft.submit(c) for c in commands))
+                return
+            except ClusterUnavailable:
+                await asyncio.sleep(ANNOUNCE_RETRY)
+
+    # -- ClusterHooks ----------------------------------------------------------
+
+    async def claim_client(
+        self,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        expiry_interval: int = 0,
+        will: Will | None = None,
+    ) -> Claim:
+        record = None if will is None else will_record(will)
+        command = ClaimClient(client_id, self.node_id, clean_start, expiry_interval, record)
+        result = await self.raft.submit(command)
+        assert isinstance(result, ClaimResult)
+        owner = self.state.owners.get(client_id)
+        if owner is None or owner.epoch != result.epoch:
+            # Another node claimed it between our commit and now; its kick found no
+            # connection here yet, so this CONNECT must not go on.
+            holder = "nobody" if owner is None else f"node {owner.node_id}"
+            raise ClusterUnavailable(f"client {client_id!r} was claimed by {holder} meanwhile")
+        self._claims[client_id] = result.epoch
+        previous = result.previous_owner
+        if previous is not None and previous != self.node_id:
+            # The previous node disconnects the client when it applies the claim; the kick
+            # gets there first when that node's Raft lags, so the old connection goes sooner.
+            # A kick is a shortcut: the claim's commit reaches a node that misses it anyway.
+            kick = self.peers.kick(previous, client_id, result.epoch)
+            self._tasks.run(kick, expected=(ClusterUnavailable,))
+        return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
+
+    def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
+        record = claim.session
+        if not isinstance(record, SessionRecord):
+            return None
+        return session_transfer(record)
+
+    async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
+        previous = claim.previous_owner
+        if claim.session is None or previous is None or previous == self.node_id:
+            return None
+        handover = await self.handovers.wait(previous, client_id, claim.epoch)
+        if handover is None:
+            return None
+        return handover.messages
+
+    # -- PeerInbox: what peers send ------------------------------------------------
+
+    def publish_from_peer(
+        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
+    ) -> None:
+        """A publish ``origin`` forwarded: to this node's subscribers (and ``shared_groups``)."""
+        if self._node is not None:
+            self._node.deliver_forwarded(message, shared_groups)
+
+    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None:
+        """``origin`` claimed ``client_id`` and tells us ahead of Raft: drop our connection."""
+        if self._node is not None:
+            self._node.kick_client(client_id, epoch)
+
+    def handover_from_peer(self, origin: str, handover: Handover) -> None:
+        """``origin`` gave up a session we claimed: its messages, for the CONNECT resuming it."""
+        self.handovers.arrived(origin, handover)
+
+    # -- ClusterHooks, continued ---------------------------------------------------
+
+    async def save_subscriptions(
+        self, client_id: str, epoch: int, subscriptions: Mapping[str, Subscription]
+    ) -> None:
+        stored = tuple(stored_subscription(f, sub) for f, sub in subscriptions.items())
+        await self.raft.submit(AddSessionSubscriptions(client_id, self.node_id, epoch, stored))
+
+    async def forget_subscriptions(
+        self, client_id: str, epoch: int, topic_filters: Sequence[str]
+    ) -> None:
+        command = RemoveSessionSubscriptions(client_id, self.node_id, epoch, tuple(topic_filters))
+        await self.raft.submit(command)
+
+    async def release_client(self, client_id: str, epoch: int) -> None:
+        await self.raft.submit(ReleaseClient(client_id, self.node_id, epoch))
+        if self._claims.get(client_id) == epoch:
+            del self._claims[client_id]
+
+    async def add_route(self, share_group: str | None, topic_filter: str) -> None:
+        await self.raft.submit(AddRoute(self.node_id, topic_filter, share_group))
+
+    async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
+        await self.raft.submit(RemoveRoute(self.node_id, topic_filter, share_group))
+
+    async def set_retained(self, topic: str, message: Message | None) -> None:
+        record = None if message is None else retained_record(message)
+        await self.raft.submit(SetRetained(topic, record))
+
+    async def register_will(self, client_id: str, will: Will | None) -> None:
+        epoch = self._claims.get(client_id)
+        if epoch is None:
+            return  # another node claimed the client since: its will is not ours to set
+        record = None if will is None else will_record(will)
+        await self.raft.submit(RegisterWill(client_id, self.node_id, epoch, record))
+
+    def forward(self, message: Message) -> Awaitable[None] | None:
+        topic = message.topic
+        plan = self._plans.get(topic)
+        if plan is None:
+            plan = self._plan(topic)
+        if plan is NO_PLAN:
+            return None
+        if not plan.groups:
+            return self.peers.send(plan.targets, message)
+        targets, shared_groups = self._pick(plan)
+        return self.peers.send(targets, message, shared_groups)
+
+    # -- administration --------------------------------------------------------------
+
+    async def node_down(self, node_id: str) -> NodeDownResult:
+        """Declare ``node_id`` dead: its routes go, its sessions move, its wills go out.
+
+        The wills are published by this node (the one that committed the
+        command), from the apply listener, so they go out exactly once even
+        when this call times out and the command commits later.
+        """
+        result = await self.raft.submit(NodeDown(node_id))
+        assert isinstance(result, NodeDownResult)
+        return result
+
+    def status(self) -> ClusterStatus:
+        state = self.state
+        return ClusterStatus(
+            raft=self.raft.status(),
+            members=state.members,
+            down=tuple(sorted(state.down)),
+            clients=len(state.owners),
+            persistent_sessions=len(state.sessions),
+            routes=len(state.routes),
+            retained=len(state.retained),
+            wills=len(state.wills),
+        )
+
+    # -- forwarding plans ----------------------------------------------------------
+
+    def _plan(self, topic: str) -> _Plan:
+        plain, shared = self.state.route_targets(topic)
+        me = self.node_id
+        groups = tuple(
+            (RouteKey(group, topic_filter), nodes)
+            for group, topic_filter, nodes in shared
+            if me not in nodes  # else a local member takes it: the broker delivers to it
+        )
+        plan = _Plan(tuple(sorted(plain - {me})), groups)
+        if not plan.targets and not plan.groups:
+            plan = NO_PLAN
+        if len(self._plans) >= self._plan_cache_size:
+            self._plans.clear()
+        self._plans[topic] = plan
+        return plan
+
+    def _pick(self, plan: _Plan) -> tuple[list[str], dict[str, tuple[RouteKey, ...]]]:
+        """One node per remote share group, round robin among the nodes with members."""
+        targets = list(plan.targets)
+        shared_groups: dict[str, tuple[RouteKey, ...]] = {}
+        for key, nodes in plan.groups:
+            node = nodes[self._share_turns.pick(key, len(nodes))]
+            shared_groups[node] = (*shared_groups.get(node, ()), key)
+            if node not in targets:
+                targets.append(node)
+        return targets, shared_groups
+
+    # -- reacting to applied commands ------------------------------------------------
+
+    def _on_applied(self, applied: Applied) -> None:
+        command = applied.command
+        if isinstance(command, ROUTE_COMMANDS):
+            self._plans.clear()
+        if isinstance(command, ClaimClient):
+            self._claim_applied(command, applied)
+        elif isinstance(command, SetRetained):
+            self._retained_applied(command.topic, command.retained)
+        elif isinstance(command, NodeDown):
+            self._node_down_applied(command, applied)
+
+    def _claim_applied(self, command: ClaimClient, applied: Applied) -> None:
+        result = applied.result
+        if not isinstance(result, ClaimResult):
+            return
+        client_id = command.client_id
+        if command.node_id != self.node_id:
+            self._claims.pop(client_id, None)
+            if self.raft.caught_up:
+                self._surrender(command, result)
+            else:
+                self._replayed.add(client_id)
+        elif applied.orphaned:
+            # Our CONNECT gave up on this claim (timeout) but it committed anyway:
+            # give the client id back rather than own a client nobody serves.
+            release = ReleaseClient(client_id, self.node_id, result.epoch)
+            self._tasks.run(self.raft.submit(release))
+
+    def _surrender(self, command: ClaimClient, result: ClaimResult) -> None:
+        """Another node claimed a client: our connection of it goes, and when we held its
+        session and the new connection resumes it, its messages go to the claimer."""
+        node = self._node
+        if node is None:
+            return
+        ours = result.previous_owner == self.node_id
+        resumed = ours and result.session is not None
+        held = node.surrender_session(command.client_id, result.epoch, resumed)
+        if not resumed:
+            return
+        handover = Handover(command.client_id, result.epoch, held or SessionMessages())
+        self._tasks.run(self.peers.hand_over(command.node_id, handover))
+
+    def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
+        node = self._node
+        if node is None:
+            return
+        message = None if record is None else retained_message(topic, record)
+        if message is None:
+            self._retained_topics.discard(topic)
+        else:
+            self._retained_topics.add(topic)
+        node.apply_retained(topic, message)
+
+    def _node_down_applied(self, command: NodeDown, applied: Applied) -> None:
+        result = applied.result
+        if not isinstance(result, NodeDownResult):
+            return
+        if not self.raft.caught_up:
+            self._replayed.update(result.released, (cid for cid, _ in result.rehomed))
+            return
+        node = self._node
+        if command.node_id == self.node_id and node is not None:
+            # Declared dead while alive: our clients now belong elsewhere.
+            for client_id in (*result.released, *(cid for cid, _ in result.rehomed)):
+                self._claims.pop(client_id, None)
+                node.kick_client(client_id, result.fence_epoch)
+        if node is not None:
+            for client_id, owner in result.rehomed:
+                if owner.node_id == self.node_id:
+                    self._adopt(node, client_id, owner.epoch)
+        if applied.mine and node is not None:
+            for _, will in result.wills:
+                node.publish_will(Will(*will))
+
+    async def _reconcile_when_caught_up(self) -> None:
+        """Once the replay of old commands is over, settle the clients they touched.
+
+        Replaying them one by one would act on the past: a session this node
+        restored from disk would be ended by a claim it had long outlived, or a
+        session adopted after a node-down would come back although it moved on.
+        The state as it is now says who owns each client: copies owned
+        elsewhere end here, and sessions this node owns but lacks are adopted.
+        """
+        while not await self.raft.wait_ready(ANNOUNCE_RETRY * 60):
+            pass
+        node = self._node
+        if node is None:
+            return
+        state = self.state
+        for client_id in sorted(self._replayed):
+            owner = state.owners.get(client_id)
+            if owner is None or owner.node_id != self.node_id:
+                node.surrender_session(client_id, state.next_epoch, False)
+                continue
+            self._adopt(node, client_id, owner.epoch)
+        self._replayed.clear()
+
+    def _adopt(self, node: NodeEvents, client_id: str, epoch: int) -> None:
+        """This node owns ``client_id`` at ``epoch`` without having connected it: hold its
+        persistent session, if it has one."""
+        self._claims[client_id] = epoch
+        record = self.state.sessions.get(client_id)
+        if record is not None:
+            node.adopt_session(client_id, epoch, session_transfer(record))
+
+    def _on_restored(self, state: ClusterState) -> None:
+        """A snapshot replaced the state: resync what per-command events would have done."""
+        self._plans.clear()
+        node = self._node
+        if node is None:
+            return
+        for topic in self._retained_topics - state.retained.keys():
+            self._retained_applied(topic, None)
+        for topic, record in state.retained.items():
+            self._retained_applied(topic, record)
+        for client_id in list(self._claims):
+            owner = state.owners.get(client_id)
+            if owner is None or owner.node_id != self.node_id:
+                del self._claims[client_id]
+                if owner is not None:
+                    node.kick_client(client_id, owner.epoch)

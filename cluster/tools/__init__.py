@@ -1,0 +1,2 @@
+"""Tools beside the broker: the load generator (``bench``) and development certificates
+(``certgen``)."""
