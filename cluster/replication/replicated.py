@@ -9,6 +9,11 @@ a retained message set anywhere is stored here.
 Writes on behalf of a client carry the epoch of this node's claim, so once
 another node has claimed the client they are ignored by the state machine.
 
+What peers send over forwarding comes in here too: the ``Forwarder`` hands
+it to ``publish_from_peer``, ``kick_from_peer`` and ``handover_from_peer``,
+which pass it on to the broker's ``NodeEvents`` (``deliver_forwarded``,
+``kick_client``), or to the CONNECT waiting for a hand-over.
+
 ``forward`` is on the PUBLISH hot path: the set of nodes a topic goes to is
 cached per topic and the cache is dropped whenever routes change (rare next
 to publishes). A topic no other node wants costs one dict lookup and returns
