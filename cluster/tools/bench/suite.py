@@ -99,7 +99,8 @@ def _pairs(clients: int, qos: int, messages: int) -> Case:
 
 
 def full_cases(conns: int, smoke: bool = False) -> list[Case]:
-    """Issue 3's table: pairs 2/10/100 x QoS 0/1/2, fanin, fanout, latency, conns, connect-rate.
+    """The BENCHMARKS.md table: pairs 2/10/100 x QoS 0/1/2, fanin, fanout, latency, conns,
+    connect-rate.
 
     fanin runs at QoS 0 only: at QoS 1 the one subscriber's 20-message
     window is slower than fifty publishers, and Mosquitto (like raftmq,

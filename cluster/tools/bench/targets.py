@@ -1,4 +1,4 @@
-"""Issue 3's targets for one raftmq node, judged from the results of ``bench compare --all``.
+"""The single-node targets BENCHMARKS.md reports, judged from ``bench compare --all``.
 
 Every target is a ratio measured in the same run. A throughput target is
 only met when raftmq's runs were also clean: a fast run that lost messages
