@@ -87,9 +87,9 @@ class FanOut:
         session.deliver(delivery)  # drops are counted by the session
         if self.extensions:
             self.extensions.delivered(session.client_id, delivery.message, delivery.qos)
-        client: Any = session.connection
+        client = session.connection
         if client is not None and client.write_paused and publisher is not None:
-            client.link.hold(publisher.link)
+            client.hold(publisher)
 
     def _deliver_overlapping(
         self,

@@ -471,6 +471,10 @@ class ClientProtocol:
             topic, message.payload, delivery.qos, delivery.retain, False, props, 5
         )
 
+    def hold(self, publisher: ClientProtocol) -> None:
+        """This client reads too slowly: read nothing more from ``publisher`` until it drains."""
+        self.link.hold(publisher.link)
+
     def problem(self, reason: str) -> Properties:
         """A reason string, when the client asked for problem information."""
         return {"reason_string": reason} if self.problem_info and self.protocol_level == 5 else {}

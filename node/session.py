@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .message import Message
 from .packets import Will
@@ -71,6 +71,11 @@ class Outbox(Protocol):
     """The cluster claim the connection holds for the client id."""
     awaiting_commit: bool
     """Its output waits for the store's commit (``store.SessionStore.hold``)."""
+    write_paused: bool
+    """Its socket buffer is full: publishers feeding it should be held back."""
+
+    def hold(self, publisher: Any) -> None:
+        """Stop reading ``publisher`` (another client) until this one drains."""
 
     def disconnect(self, reason: int, detail: str = "") -> None: ...
 
