@@ -210,7 +210,7 @@ class Publishing(NodePart):
         _, pending = self.route(message)
         pending = _also(pending, extension_wait)
         if pending is not None:
-            self.background.run(_settle(pending))
+            self.background.run(pending)  # other nodes take it; nobody waits for an ack
 
     def publish_local(self, topic: str, payload: bytes, retain: bool) -> None:
         """A message the node itself makes ($SYS); kept on this node, never replicated."""
@@ -241,11 +241,6 @@ def _also(pending: Awaitable[None] | None, wait: Awaitable[None] | None) -> Awai
     if pending is None:
         return wait
     return asyncio.gather(pending, wait)
-
-
-async def _settle(pending: Awaitable[None]) -> None:
-    """Wait for other nodes to take a message nobody is waiting to acknowledge."""
-    await pending
 
 
 async def _wait_for_room(pending: Awaitable[None]) -> None:
