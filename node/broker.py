@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Collection
 
 from .acl import AccessControl
 from .auth import Authenticator
@@ -31,11 +30,11 @@ from .connect import ConnectHandshake
 from .context import NodeContext
 from .extensions import Extensions
 from .fanout import FanOut
-from .hooks import ClusterHooks, LocalCluster, RouteKey, SessionMessages, SessionTransfer
+from .hooks import ClusterHooks, LocalCluster, SessionMessages, SessionTransfer
 from .listeners import open_listener
 from .message import Message
 from .migration import SessionMigration
-from .packets import Connect, Publish, Subscribe, Unsubscribe, Will
+from .packets import Connect, Subscribe, Unsubscribe, Will
 from .protocol import ClientProtocol, Work
 from .publishing import Publishing
 from .reason_codes import ReasonCode
@@ -90,6 +89,11 @@ class Broker:
         self.sessions = SessionRegistry(node, by_client, self.subscriptions, self.publishing)
         self.migration = SessionMigration(node, self.sessions, self.subscriptions)
         self.connect = ConnectHandshake(node, self.auth, self.sessions, self.migration)
+        # The two hot entries go straight to their part, without a call through here.
+        self.handle_publish = self.publishing.handle_publish
+        """``ClientHandler.handle_publish``: a client's PUBLISH."""
+        self.deliver_forwarded = self.fanout.deliver_forwarded
+        """``NodeEvents.deliver_forwarded``: a publish another node sent here."""
         self._servers: list[asyncio.Server] = []
         self._sys = SysPublisher(
             config.sys_interval, self.stats, self._counts, self.publishing.publish_local
@@ -181,9 +185,6 @@ class Broker:
     def handle_connect(self, client: ClientProtocol, packet: Connect) -> Work:
         return self.connect.handle_connect(client, packet)
 
-    def handle_publish(self, client: ClientProtocol, packet: Publish) -> Work | None:
-        return self.publishing.handle_publish(client, packet)
-
     def handle_subscribe(self, client: ClientProtocol, packet: Subscribe) -> Work:
         return self.subscriptions.handle_subscribe(client, packet)
 
@@ -209,11 +210,6 @@ class Broker:
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         self.migration.adopt(client_id, epoch, transfer)
-
-    def deliver_forwarded(
-        self, message: Message, shared_groups: Collection[RouteKey] | None = None
-    ) -> None:
-        self.fanout.deliver(message, None, shared_groups)
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         self.publishing.apply_retained(topic, message)

@@ -62,6 +62,12 @@ class FanOut:
                 delivered += self._deliver_shared(message, shared, only_groups, publisher)
         return delivered
 
+    def deliver_forwarded(
+        self, message: Message, shared_groups: Collection[RouteKey] | None = None
+    ) -> None:
+        """A publish from another node (``hooks.NodeEvents``): no publisher to hold back here."""
+        self.deliver(message, None, shared_groups)
+
     def _deliver_one(
         self,
         message: Message,

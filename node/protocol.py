@@ -351,10 +351,7 @@ class ClientProtocol:
 
         ``awaiting_release``: its QoS 2 publishes still waiting for PUBREL.
         """
-        if (
-            self.protocol_level == 5
-            and awaiting_release + self.incoming_pending >= self.config.receive_maximum
-        ):
+        if awaiting_release + self.incoming_pending >= self.config.receive_maximum:
             self.stats.limits.receive_maximum += 1
             raise ProtocolViolation(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
 

@@ -39,13 +39,16 @@ class Publishing(NodePart):
         """Route ``packet``; the result, when not None, is to await before reading on."""
         session = client.session
         assert session is not None
-        topic = client.topic_of(packet)
+        # Aliases and the receive maximum are MQTT 5's: a v3 PUBLISH skips both calls.
+        v5 = client.protocol_level == 5
+        topic = client.topic_of(packet) if v5 and packet.properties else packet.topic
         qos = packet.qos
         if qos:
             if qos == 2 and packet.packet_id in session.incoming_qos2:
                 client.send(Pubrec(packet.packet_id))  # a resend: already delivered once
                 return None
-            client.check_receive_maximum(len(session.incoming_qos2))
+            if v5:
+                client.check_receive_maximum(len(session.incoming_qos2))
         if topic_levels(topic) > self.config.max_topic_levels:
             self.stats.limits.topic_levels += 1
             raise ProtocolViolation(
