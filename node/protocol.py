@@ -349,6 +349,7 @@ class ClientProtocol:
     def check_receive_maximum(self, awaiting_release: int) -> None:
         """A v5 client may have at most ``receive_maximum`` QoS 1/2 publishes unanswered.
 
+        For v5 clients only (MQTT 3 has no receive maximum; the caller skips it).
         ``awaiting_release``: its QoS 2 publishes still waiting for PUBREL.
         """
         if awaiting_release + self.incoming_pending >= self.config.receive_maximum:
