@@ -99,7 +99,8 @@ class Config:
     listen: list[ListenAddress] = field(
         default_factory=lambda: [parse_listen(DEFAULT_LISTEN)],
         metadata=_rule(
-            help="Addresses clients connect to: tcp://HOST:PORT or ws://HOST:PORT/PATH "
+            help="Addresses clients connect to: tcp://HOST:PORT (mqtt:// is the same and is "
+            "shown as tcp://) or ws://HOST:PORT/PATH "
             f"(WebSocket path defaults to {DEFAULT_WS_PATH}), and their TLS forms "
             "mqtts:// and wss://. Port 0 picks a free port.",
         ),
