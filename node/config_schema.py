@@ -70,7 +70,12 @@ class _Rule:
         return ""
 
     def problem(self, value: object) -> str | None:
-        """What is wrong with an already well-typed value, or None."""
+        """What is wrong with an already well-typed value, or None.
+
+        None is an optional key left unset (its type admitted it): no rule applies.
+        """
+        if value is None:
+            return None
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}, got {describe(value)}"
         if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):

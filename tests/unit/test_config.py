@@ -9,6 +9,7 @@ from raftmq.node.config import (
     Config,
     ConfigError,
     ListenAddress,
+    config_table,
     default_config,
     load_config,
     parse_listen,
@@ -426,3 +427,30 @@ def test_cluster_key_errors(tmp_path: Path, replace: str, by: str, error: str) -
     assert error in message, message
     assert "short" not in message, "the secret is never echoed"
 
+
+def test_config_table_round_trips_every_key(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            'listen = ["mqtt://127.0.0.1:0", "ws://[::1]:8080/ws"]\n'
+            'cluster_secret = "sixteen-chars-ok"\nraft_listen = "127.0.0.1:7001"\n'
+            'grpc_listen = "127.0.0.1:7101"\npeers = ["n2=127.0.0.1:7002,127.0.0.1:7102"]\n'
+            "max_publish_rate = 2.5\nallow_anonymous = false\n",
+        )
+    )
+    table = config_table(config)
+    assert table["listen"] == ["tcp://127.0.0.1:0", "ws://[::1]:8080/ws"]
+    assert table["peers"] == ["n2=127.0.0.1:7002,127.0.0.1:7102"]
+    assert list(table) == [k.name for k in KEYS]
+    assert load_config(overrides=table) == config
+
+
+def test_a_config_changed_in_code_is_checked_like_a_file(tmp_path: Path) -> None:
+    """The message names the origin given, then the key, exactly as for a file."""
+    file_message = load_error(tmp_path, "max_inflight = -5")
+    config = default_config()
+    config.max_inflight = -5
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=config_table(config), origin="my fixture")
+    assert str(info.value) == file_message.replace(str(tmp_path / "raftmq.toml"), "my fixture")
+    assert str(info.value) == "my fixture: key 'max_inflight': must be between 1 and 65535, got -5"
