@@ -21,7 +21,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, ListenAddress
 from .passwords import PasswordFile
 from .reason_codes import ReasonCode
 from .tls import username_from_certificate
@@ -38,12 +38,26 @@ class Identity:
 
 
 class Authenticator:
+    """Decides who each CONNECT is (see the module docstring for the order)."""
+
     def __init__(self, config: Config) -> None:
         self.anonymous_allowed = config.anonymous_allowed
         self.cert_username = config.tls_cert_as_username
         self.passwords = (
             PasswordFile(config.password_file) if config.password_file is not None else None
         )
+
+    def nobody_can_log_in(self, address: ListenAddress) -> bool:
+        """Whether every CONNECT on ``address`` is refused, whoever sends it.
+
+        True when anonymous clients are refused, no password file can vouch
+        for a user, and no client certificate names one (only TLS listeners
+        with ``tls_cert_as_username`` have that). Such a node starts, listens
+        and refuses everyone; ``Broker.start`` warns about it.
+        """
+        if self.anonymous_allowed or self.passwords is not None:
+            return False
+        return not (address.is_tls and self.cert_username != "off")
 
     def reload(self) -> None:
         """Re-read the password file (SIGHUP); on error the old users stay in force."""

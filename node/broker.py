@@ -107,12 +107,39 @@ class Broker:
         os.makedirs(self.config.data_dir, exist_ok=True)
         await self.hooks.start()
         await self.sessions.restore(self.store.open(asyncio.get_running_loop()))
+        locked: list[str] = []
         for address in self.config.listen:
             server, url = await open_listener(self, self.config, self.tls_context, address)
             self._servers.append(server)
             self.addresses.append(url)
+            if self.auth.nobody_can_log_in(address):
+                locked.append(url)
         self._sys.start()
         log.info("node %s started on %s", self.config.node_id, ", ".join(self.addresses))
+        if locked:
+            self._warn_locked(locked)
+
+    def _warn_locked(self, urls: list[str]) -> None:
+        """Say so when a listener refuses everyone: otherwise the node looks healthy
+        and only its clients learn, one "not authorized" at a time, that it is not."""
+        config = self.config
+        anonymous = (
+            "allow_anonymous = false"
+            if config.allow_anonymous is False
+            else "allow_anonymous is unset and not every listener is on a loopback address"
+        )
+        cert = (
+            "or tls_cert_as_username with an mqtts:// or wss:// listener"
+            if config.tls_cert_as_username == "off"
+            else "or move these clients to an mqtts:// or wss:// listener (tls_cert_as_username)"
+        )
+        log.warning(
+            "nobody can log in on %s: %s and no password_file is set; set password_file "
+            "(users made with `raftmq passwd`), allow_anonymous = true, %s",
+            ", ".join(urls),
+            anonymous,
+            cert,
+        )
 
     async def stop(self) -> None:
         """Close listeners, tell v5 clients the server is shutting down (0x8B), then stop.

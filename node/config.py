@@ -8,6 +8,7 @@ keys and their checks are in ``config_schema``, the value types of keys in
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from raftmq.node.config_reference import KEYS, config_reference_text
@@ -19,6 +20,7 @@ from raftmq.node.config_types import (
     TLS_SCHEMES,
     ConfigError,
     ListenAddress,
+    PeerAddress,
     parse_listen,
 )
 
@@ -32,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ListenAddress",
     "config_reference_text",
+    "config_table",
     "default_config",
     "load_config",
     "parse_listen",
@@ -59,18 +62,48 @@ def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, object] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    origin: str = OVERRIDES_ORIGIN,
 ) -> Config:
     """Read the TOML file (if any), then apply overrides, which win key by key.
 
     Both are validated completely: a bad file stays an error even where a flag
     replaces the bad value, so the file is fixed rather than silently masked.
+    ``origin`` names where the overrides came from in error messages (the
+    command line, unless a caller such as the pytest plugin says otherwise).
     """
     values: dict[str, object] = {}
     if path is not None:
         values.update(parse_table(_read_toml(path), os.fspath(path)))
     if overrides:
-        values.update(parse_table(overrides, OVERRIDES_ORIGIN))
+        values.update(parse_table(overrides, origin))
     config = Config(**values)
-    check_config(config, os.fspath(path) if path is not None else OVERRIDES_ORIGIN)
+    check_config(config, os.fspath(path) if path is not None else origin)
     return config
+
+
+def config_table(config: Config) -> dict[str, object]:
+    """Every key of ``config`` as the raw value a TOML file would hold.
+
+    A Config built or changed in code (``config.max_inflight = -5``) skipped
+    the loader's checks; ``load_config(overrides=config_table(config))`` runs
+    exactly the checks a file gets, with the same messages.
+    """
+    table: dict[str, object] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, list):
+            value = [_raw_item(item) for item in value]
+        table[f.name] = value
+    return table
+
+
+def _raw_item(item: object) -> object:
+    """A list item as written in TOML; anything else is left for the key's check to refuse."""
+    if isinstance(item, ListenAddress):
+        return item.url()
+    if isinstance(item, PeerAddress):
+        return item.spec()
+    return item

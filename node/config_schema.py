@@ -70,7 +70,12 @@ class _Rule:
         return ""
 
     def problem(self, value: object) -> str | None:
-        """What is wrong with an already well-typed value, or None."""
+        """What is wrong with an already well-typed value, or None.
+
+        None is an optional key left unset (its type admitted it): no rule applies.
+        """
+        if value is None:
+            return None
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}, got {describe(value)}"
         if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
@@ -99,7 +104,8 @@ class Config:
     listen: list[ListenAddress] = field(
         default_factory=lambda: [parse_listen(DEFAULT_LISTEN)],
         metadata=_rule(
-            help="Addresses clients connect to: tcp://HOST:PORT or ws://HOST:PORT/PATH "
+            help="Addresses clients connect to: tcp://HOST:PORT (mqtt:// is the same and is "
+            "shown as tcp://) or ws://HOST:PORT/PATH "
             f"(WebSocket path defaults to {DEFAULT_WS_PATH}), and their TLS forms "
             "mqtts:// and wss://. Port 0 picks a free port.",
         ),

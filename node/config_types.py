@@ -12,8 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-LISTEN_SCHEMES = ("tcp", "ws", "mqtts", "wss")
+LISTEN_SCHEMES = ("tcp", "mqtt", "ws", "mqtts", "wss")
 TLS_SCHEMES = ("mqtts", "wss")
+SCHEME_ALIASES = {"mqtt": "tcp"}
+"""Schemes accepted for another: ``mqtt://`` is what most client libraries call
+plain MQTT over TCP, so a URL copied from a client's settings works as a listener."""
 DEFAULT_LISTEN = "tcp://127.0.0.1:1883"
 DEFAULT_WS_PATH = "/mqtt"
 NODE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
@@ -27,7 +30,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """One address clients connect to, as parsed from a listen URL."""
+    """One address clients connect to, as parsed from a listen URL.
+
+    ``scheme`` is always one of tcp, ws, mqtts, wss: an alias (``mqtt``) is
+    replaced when the URL is parsed, so listeners, TLS checks and connections
+    see one name for one transport, and ``url()`` (hence ``Broker.addresses``) shows
+    ``tcp://`` for a listener configured as ``mqtt://``.
+    """
 
     scheme: str
     host: str
@@ -89,7 +98,11 @@ def check_host_port(address: str, what: str) -> None:
 
 
 def parse_listen(url: str, *, source: str = "--listen") -> ListenAddress:
-    """Parse ``tcp|mqtts://HOST:PORT`` or ``ws|wss://HOST:PORT[/PATH]``; errors name ``source``."""
+    """Parse ``tcp|mqtt|mqtts://HOST:PORT`` or ``ws|wss://HOST:PORT[/PATH]``.
+
+    Errors name ``source``. ``mqtt://`` comes back as scheme ``tcp`` (see
+    ``SCHEME_ALIASES``).
+    """
     try:
         return _parse_listen_url(url)
     except ValueError as exc:
@@ -115,6 +128,7 @@ def _parse_listen_url(url: str) -> ListenAddress:
     if scheme not in LISTEN_SCHEMES:
         supported = ", ".join(LISTEN_SCHEMES)
         raise ValueError(f"unsupported scheme {parts.scheme!r} in {url!r} (supported: {supported})")
+    scheme = SCHEME_ALIASES.get(scheme, scheme)
     if parts.username is not None or parts.query or parts.fragment:
         raise ValueError(f"listen URL {url!r} must not have user info, a query or a fragment")
     if not parts.hostname:
@@ -124,7 +138,7 @@ def _parse_listen_url(url: str) -> ListenAddress:
     path = parts.path
     if scheme in ("tcp", "mqtts"):
         if path not in ("", "/"):
-            raise ValueError(f"{scheme} listen URL {url!r} cannot have a path")
+            raise ValueError(f"{parts.scheme.lower()} listen URL {url!r} cannot have a path")
         path = ""
     elif not path:
         path = DEFAULT_WS_PATH
@@ -230,7 +244,7 @@ TYPES: dict[object, tuple[str, Callable[[object], object], str]] = {
     list[ListenAddress]: (
         "URL or array of URLs",
         _as_listen,
-        "tcp://, ws://, mqtts:// or wss:// URLs with host and port, at least one",
+        "tcp:// (or mqtt://), ws://, mqtts:// or wss:// URLs with host and port, at least one",
     ),
     list[PeerAddress]: (
         "string or array of strings",

@@ -55,7 +55,8 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         epilog="config file keys (flags win over the file):\n" + config_reference_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    node.add_argument("--config", metavar="FILE", help="TOML file with any of the keys below")
+    # -c as well: Mosquitto's users type `-c FILE` by habit.
+    node.add_argument("-c", "--config", metavar="FILE", help="TOML file with any of the keys below")
     for name, metavar in NODE_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         if name in REPEATED_FLAGS:

@@ -101,11 +101,11 @@ def test_invalid_toml(tmp_path: Path) -> None:
 
 
 def test_bad_listen_flag(tmp_path: Path) -> None:
-    result = raftmq("node", "--listen", "mqtt://0.0.0.0:1883", cwd=tmp_path)
+    result = raftmq("node", "--listen", "udp://0.0.0.0:1883", cwd=tmp_path)
     assert_config_error(
         result,
-        "command line: key 'listen': unsupported scheme 'mqtt' in 'mqtt://0.0.0.0:1883' "
-        "(supported: tcp, ws, mqtts, wss)",
+        "command line: key 'listen': unsupported scheme 'udp' in 'udp://0.0.0.0:1883' "
+        "(supported: tcp, mqtt, ws, mqtts, wss)",
     )
     tls = raftmq("node", "--listen", "mqtts://0.0.0.0:8883", cwd=tmp_path)
     assert_config_error(
@@ -142,6 +142,56 @@ def test_flags_win_over_the_config_file(tmp_path: Path) -> None:
     assert config.log_level == "debug"
     assert config.data_dir == "/file"
     assert config.max_inflight == 3
+
+
+def test_c_is_config(tmp_path: Path) -> None:
+    """Mosquitto's `-c FILE`: the same option as --config, flags still winning over it."""
+    config_file = tmp_path / "raftmq.toml"
+    config_file.write_text('node_id = "from-file"\nmax_inflight = 4\n')
+    short = build_parser().parse_args(["node", "-c", str(config_file), "--node-id", "flag"])
+    assert short.config == str(config_file)
+    config = node_config(short)
+    assert (config.node_id, config.max_inflight) == ("flag", 4)
+    assert build_parser().parse_args(["node", f"-c{config_file}"]).config == str(config_file)
+
+
+def test_c_with_a_missing_file_names_it(tmp_path: Path) -> None:
+    result = raftmq("node", "-c", "nowhere.toml", cwd=tmp_path)
+    assert_config_error(
+        result, "nowhere.toml: cannot read file: [Errno 2] No such file or directory"
+    )
+
+
+def test_node_started_with_c_serves(tmp_path: Path) -> None:
+    """`raftmq node -c FILE` as a Mosquitto user types it, with an mqtt:// listener."""
+    config_file = tmp_path / "raftmq.toml"
+    config_file.write_text(
+        f'listen = "mqtt://127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\nnode_id = "c-node"\n'
+    )
+    with (tmp_path / "stderr").open("w+") as stderr:
+        proc = subprocess.Popen(
+            [RAFTMQ, "node", "-c", str(config_file)],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            line = read_line(proc, START_TIMEOUT)
+            prefix = "raftmq node c-node listening on tcp://127.0.0.1:"
+            assert line.startswith(prefix), f"stdout: {line!r}\nstderr:\n{_read(stderr)}"
+            port = int(line.removeprefix(prefix))
+            with socket.create_connection(("127.0.0.1", port), timeout=STOP_TIMEOUT) as client:
+                client.sendall(CONNECT)
+                assert _recv_exactly(client, len(CONNACK_ACCEPTED)) == CONNACK_ACCEPTED
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(STOP_TIMEOUT) == 0, _read(stderr)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+            assert proc.stdout is not None
+            proc.stdout.close()
 
 
 def test_no_arguments_means_the_embedded_default() -> None:

@@ -9,6 +9,7 @@ from raftmq.node.config import (
     Config,
     ConfigError,
     ListenAddress,
+    config_table,
     default_config,
     load_config,
     parse_listen,
@@ -245,7 +246,8 @@ def test_bad_string_values(tmp_path: Path, line: str, problem: str) -> None:
     ("value", "problem"),
     [
         ('"localhost:1883"', "invalid listen URL 'localhost:1883': expected SCHEME://HOST:PORT"),
-        ('"mqtt://0.0.0.0:1883"', "unsupported scheme 'mqtt' in 'mqtt://0.0.0.0:1883'"),
+        ('"udp://0.0.0.0:1883"', "unsupported scheme 'udp' in 'udp://0.0.0.0:1883'"),
+        ('"mqtt://0.0.0.0:1883/x"', "mqtt listen URL 'mqtt://0.0.0.0:1883/x' cannot have a path"),
         (
             '"mqtts://0.0.0.0:8883/x"',
             "mqtts listen URL 'mqtts://0.0.0.0:8883/x' cannot have a path",
@@ -262,6 +264,7 @@ def test_bad_string_values(tmp_path: Path, line: str, problem: str) -> None:
         ("[]", "must list at least one address"),
         ("[1883]", "expected a URL string or an array of URL strings, got array"),
         ('["tcp://0.0.0.0:1883", "ws://0.0.0.0:1883"]', "0.0.0.0:1883 is listed twice"),
+        ('["tcp://0.0.0.0:1883", "mqtt://0.0.0.0:1883"]', "0.0.0.0:1883 is listed twice"),
     ],
 )
 def test_bad_listen(tmp_path: Path, value: str, problem: str) -> None:
@@ -300,7 +303,7 @@ def test_parse_listen_names_its_source() -> None:
         parse_listen("udp://0.0.0.0:1883")
     assert str(info.value) == (
         "--listen: unsupported scheme 'udp' in 'udp://0.0.0.0:1883' "
-        "(supported: tcp, ws, mqtts, wss)"
+        "(supported: tcp, mqtt, ws, mqtts, wss)"
     )
 
 
@@ -314,11 +317,25 @@ def test_parse_listen_names_its_source() -> None:
         ("WS://Example.org:80/ws", "ws://example.org:80/ws"),
         ("tcp://[::1]:0", "tcp://[::1]:0"),
         ("mqtts://127.0.0.1:8883/", "mqtts://127.0.0.1:8883"),
+        ("mqtt://127.0.0.1:1883", "tcp://127.0.0.1:1883"),
+        ("MQTT://[::1]:0/", "tcp://[::1]:0"),
         ("wss://0.0.0.0:8884", "wss://0.0.0.0:8884/mqtt"),
     ],
 )
 def test_listen_url_round_trip(url: str, normalized: str) -> None:
     assert parse_listen(url).url() == normalized
+
+
+def test_mqtt_scheme_is_tcp(tmp_path: Path) -> None:
+    """mqtt:// is normalised when read, so nothing downstream knows a second name."""
+    text = 'listen = ["mqtt://127.0.0.1:1883", "mqtts://[::1]:8883"]\n'
+    config = load_config(write(tmp_path, text + 'tls_cert = "c.pem"\ntls_key = "k.pem"\n'))
+    assert config.listen == [
+        ListenAddress("tcp", "127.0.0.1", 1883, ""),
+        ListenAddress("mqtts", "::1", 8883, ""),
+    ]
+    assert [a.is_tls for a in config.listen] == [False, True]
+    assert parse_listen("mqtt://0.0.0.0:1883") == parse_listen("tcp://0.0.0.0:1883")
 
 
 @pytest.mark.parametrize(
@@ -409,3 +426,31 @@ def test_cluster_key_errors(tmp_path: Path, replace: str, by: str, error: str) -
     message = load_error(tmp_path, CLUSTER_TOML.replace(replace, by, 1))
     assert error in message, message
     assert "short" not in message, "the secret is never echoed"
+
+
+def test_config_table_round_trips_every_key(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            'listen = ["mqtt://127.0.0.1:0", "ws://[::1]:8080/ws"]\n'
+            'cluster_secret = "sixteen-chars-ok"\nraft_listen = "127.0.0.1:7001"\n'
+            'grpc_listen = "127.0.0.1:7101"\npeers = ["n2=127.0.0.1:7002,127.0.0.1:7102"]\n'
+            "max_publish_rate = 2.5\nallow_anonymous = false\n",
+        )
+    )
+    table = config_table(config)
+    assert table["listen"] == ["tcp://127.0.0.1:0", "ws://[::1]:8080/ws"]
+    assert table["peers"] == ["n2=127.0.0.1:7002,127.0.0.1:7102"]
+    assert list(table) == [k.name for k in KEYS]
+    assert load_config(overrides=table) == config
+
+
+def test_a_config_changed_in_code_is_checked_like_a_file(tmp_path: Path) -> None:
+    """The message names the origin given, then the key, exactly as for a file."""
+    file_message = load_error(tmp_path, "max_inflight = -5")
+    config = default_config()
+    config.max_inflight = -5
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=config_table(config), origin="my fixture")
+    assert str(info.value) == file_message.replace(str(tmp_path / "raftmq.toml"), "my fixture")
+    assert str(info.value) == "my fixture: key 'max_inflight': must be between 1 and 65535, got -5"
