@@ -69,7 +69,7 @@ class Broker:
         self.store: SessionStore = make_store(config.durability, config.data_dir)
         self.retained: RetainedStore[Message] = RetainedStore()
         self.clients: set[ClientProtocol] = set()
-        """Every open connection's protocol, connected or not yet."""
+        """Every open socket's protocol: connected, not yet, or lingering after its close."""
         self.addresses: list[str] = []
         self._background = Background()
         node = NodeContext(
@@ -173,7 +173,7 @@ class Broker:
         return True
 
     def client_closed(self, client: ClientProtocol, was_connected: bool) -> None:
-        self.clients.discard(client)
+        """The client is gone for MQTT; its socket may linger (``socket_closed`` follows)."""
         if not was_connected:
             return
         self.stats.clients_connected -= 1
@@ -181,6 +181,10 @@ class Broker:
             self.extensions.disconnected(client.client_id, client.clean_disconnect)
         if not self._stopping:
             self.sessions.disconnected(client)
+
+    def socket_closed(self, client: ClientProtocol) -> None:
+        """Only now is the socket free: a lingering one still counted in ``clients``."""
+        self.clients.discard(client)
 
     def handle_connect(self, client: ClientProtocol, packet: Connect) -> Work:
         return self.connect.handle_connect(client, packet)
