@@ -118,7 +118,9 @@ class Broker:
         """Close listeners, tell v5 clients the server is shutting down (0x8B), then stop.
 
         A shutdown is not a client failure, so wills are not published and
-        persistent sessions are kept, not ended.
+        persistent sessions are kept, not ended. Sockets that linger after
+        that DISCONNECT get their close_linger before stop returns: exiting
+        with them open would reset them under clients still sending.
         """
         if self._stopping:
             await self._stopped.wait()
@@ -135,7 +137,15 @@ class Broker:
         for server in self._servers:
             await server.wait_closed()
         await self.hooks.stop()
+        await self._sockets_closed(self.config.close_linger)
         self._stopped.set()
+
+    async def _sockets_closed(self, seconds: float) -> None:
+        """Wait until every socket is closed, ``seconds`` at most (their linger timers)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.clients and loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()

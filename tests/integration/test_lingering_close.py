@@ -9,12 +9,14 @@ and closes at the client's EOF or after ``close_linger`` seconds.
 The client here goes on publishing (``KeepSending``) as a real one would:
 between every read, and before its first read after CONNECT. Any reset before
 the reason code fails the test. ``close_linger = 0`` is the old immediate
-close; every test but the bounded one fails with it (checked by hand, see
-``test_without_linger_the_client_gets_a_reset``, which pins that down).
+close: the tests that read a reason code or count sockets fail with it
+(checked by running them so), and ``test_without_linger_the_client_gets_a_reset``
+keeps showing that this client does see the reset.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +46,7 @@ BrokerFactory = Callable[..., "RunningBroker"]
 RECEIVE_MAXIMUM_EXCEEDED = 0x93
 NOT_AUTHORIZED = 0x87
 QUOTA_EXCEEDED = 0x97
+SERVER_SHUTTING_DOWN = 0x8B
 V3_UNACCEPTABLE_PROTOCOL = 0x01
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
 
@@ -226,3 +229,20 @@ def test_lingering_sockets_count_against_max_connections(
                 pass
             assert time.monotonic() < deadline, "lingering sockets were never released"
             time.sleep(0.2)
+
+
+def test_shutdown_disconnect_reaches_a_client_that_keeps_sending(
+    broker_factory: BrokerFactory, uid: str
+) -> None:
+    """SIGTERM: DISCONNECT 0x8B, then EOF, although the client goes on publishing; the
+    node waits for the lingering socket before it exits, and exits once the client closes."""
+    broker = broker_factory(close_linger=5)
+    with raw_clients(broker.host, broker.port) as raw:
+        client = raw.connected(f"{uid}-busy")
+        broker.proc.send_signal(signal.SIGTERM)
+        (packet,) = read_while_sending(client, DISCONNECT)
+        assert packet.reason_code == SERVER_SHUTTING_DOWN
+        assert_half_closed(client)
+        assert broker.proc.poll() is None, "the node exited under a lingering socket"
+        client.close()
+        assert broker.proc.wait(4) == 0
