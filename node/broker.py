@@ -69,7 +69,7 @@ class Broker:
         self.store: SessionStore = make_store(config.durability, config.data_dir)
         self.retained: RetainedStore[Message] = RetainedStore()
         self.clients: set[ClientProtocol] = set()
-        """Every open connection's protocol, connected or not yet."""
+        """Every open socket's protocol: connected, not yet, or lingering after its close."""
         self.addresses: list[str] = []
         self._background = Background()
         node = NodeContext(
@@ -145,7 +145,9 @@ class Broker:
         """Close listeners, tell v5 clients the server is shutting down (0x8B), then stop.
 
         A shutdown is not a client failure, so wills are not published and
-        persistent sessions are kept, not ended.
+        persistent sessions are kept, not ended. Sockets that linger after
+        that DISCONNECT get their close_linger before stop returns: exiting
+        with them open would reset them under clients still sending.
         """
         if self._stopping:
             await self._stopped.wait()
@@ -162,7 +164,15 @@ class Broker:
         for server in self._servers:
             await server.wait_closed()
         await self.hooks.stop()
+        await self._sockets_closed(self.config.close_linger)
         self._stopped.set()
+
+    async def _sockets_closed(self, seconds: float) -> None:
+        """Wait until every socket is closed, ``seconds`` at most (their linger timers)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.clients and loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()
@@ -200,7 +210,7 @@ class Broker:
         return True
 
     def client_closed(self, client: ClientProtocol, was_connected: bool) -> None:
-        self.clients.discard(client)
+        """The client is gone for MQTT; its socket may linger (``socket_closed`` follows)."""
         if not was_connected:
             return
         self.stats.clients_connected -= 1
@@ -208,6 +218,10 @@ class Broker:
             self.extensions.disconnected(client.client_id, client.clean_disconnect)
         if not self._stopping:
             self.sessions.disconnected(client)
+
+    def socket_closed(self, client: ClientProtocol) -> None:
+        """Only now is the socket free: a lingering one still counted in ``clients``."""
+        self.clients.discard(client)
 
     def handle_connect(self, client: ClientProtocol, packet: Connect) -> Work:
         return self.connect.handle_connect(client, packet)

@@ -384,6 +384,17 @@ class Config:
             gt=0,
         ),
     )
+    close_linger: float = field(
+        default=2.0,
+        metadata=_rule(
+            help="Seconds a connection the node ends with a DISCONNECT or a refusing CONNACK "
+            "stays half-closed, its input read and discarded, so that a client still sending "
+            "reads the reason code instead of a reset; it counts against max_connections "
+            "until it closes. 0: close at once. TLS closes at once; WebSocket has its own "
+            "closing handshake.",
+            ge=0,
+        ),
+    )
     sys_interval: float = field(
         default=10.0,
         metadata=_rule(

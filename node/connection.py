@@ -11,7 +11,8 @@ so packets keep their order.
 
 The driver also owns what only a socket has: writing everything queued in a
 loop turn at once, the connect and keep-alive timers, the publish rate limit,
-and backpressure between a slow subscriber and the publishers that feed it.
+backpressure between a slow subscriber and the publishers that feed it, and
+the lingering close after the node's last word (``MQTTConnection._linger``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class ClientHandler(Protocol):
     def client_opened(self, client: ClientProtocol) -> bool:
         """Admit a new connection; False closes it at once."""
 
-    def client_closed(self, client: ClientProtocol, was_connected: bool) -> None: ...
+    def client_closed(self, client: ClientProtocol, was_connected: bool) -> None:
+        """The client is gone for MQTT: its session is handled now, even if the socket lingers."""
+
+    def socket_closed(self, client: ClientProtocol) -> None:
+        """The socket is closed too: it no longer counts against max_connections."""
 
     def handle_connect(self, client: ClientProtocol, packet: Connect) -> Work: ...
 
@@ -171,6 +176,7 @@ class MQTTConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed()
+        self.node.socket_closed(self.mqtt)
 
     def pause_writing(self) -> None:
         self.mqtt.write_paused = True
@@ -331,14 +337,42 @@ class MQTTConnection(asyncio.Protocol):
         if self.mqtt.keepalive:
             self.timer = self.loop.call_later(self.mqtt.keepalive * 1.5, self._keepalive_check)
 
-    def close(self) -> None:
-        """Close now; what is already written still goes out before the socket closes."""
+    def close(self, linger: bool = False) -> None:
+        """Close now; what is already written still goes out before the socket closes.
+
+        With ``linger`` (the protocol's last word is in its output) the socket
+        lingers where the transport can half-close (``_linger``). TLS cannot:
+        the ssl transports have no write_eof, so a TLS client still sending may
+        get a reset, as before. A WebSocket's close (``websocket.py``) runs the
+        WebSocket closing handshake, which half-closes and reads on by itself.
+        """
         if self.mqtt.awaiting_commit:
             self.node.commit_now()
         self.flush()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            seconds = self.config.close_linger
+            if linger and seconds > 0 and transport.can_write_eof():
+                self._linger(transport, seconds)
+            else:
+                transport.close()
         self._closed()
+
+    def _linger(self, transport: asyncio.Transport, seconds: float) -> None:
+        """Half-close, then read and discard until the client's EOF or ``seconds`` pass.
+
+        Closing a socket with unread input makes the kernel send a reset, and a
+        client that is still sending then gets ECONNRESET/EPIPE instead of the
+        DISCONNECT or CONNACK it was just sent. Shutting down only our side
+        sends FIN after what was written; the client reads the reason code and
+        EOF. The transport moves to a ``_Lingering`` protocol, so that this
+        connection's hot path carries no check for it, and ``self.transport``
+        is dropped so that nothing more is written.
+        """
+        self.transport = None
+        transport.write_eof()
+        transport.set_protocol(_Lingering(self, transport, seconds))
+        transport.resume_reading()  # reading may be paused (a task, a slow subscriber)
 
     # -- ending the connection ----------------------------------------------
 
@@ -346,9 +380,7 @@ class MQTTConnection(asyncio.Protocol):
         """A malformed or forbidden packet: tell the client why (v5), then close."""
         mqtt = self.mqtt
         log.info("client %r (%s): %s", mqtt.client_id, mqtt.peer, exc.detail)
-        if mqtt.state != CLOSED:
-            mqtt.violated(exc.reason, exc.detail)
-            self.close()
+        mqtt.violated(exc.reason, exc.detail)  # and closes, through close()
 
     def _closed(self) -> None:
         """Forget this connection, once, whether the client or the server closed it."""
@@ -396,3 +428,31 @@ class MQTTConnection(asyncio.Protocol):
     def peer_certificate(self) -> Any:
         """The client's TLS certificate as the ssl module gives it, or None."""
         return self.transport.get_extra_info("peercert") if self.transport else None
+
+
+class _Lingering(asyncio.Protocol):
+    """A socket after the node's last word: input is discarded undecoded, for a bounded time.
+
+    The timer is armed once and never moved, so a client that keeps sending
+    cannot hold the socket open past ``seconds``; it is then aborted. Until the
+    socket is really closed it stays in the node's count of sockets
+    (``ClientHandler.socket_closed`` comes from ``connection_lost``).
+    """
+
+    __slots__ = ("_connection", "_timer")
+
+    def __init__(
+        self, connection: MQTTConnection, transport: asyncio.Transport, seconds: float
+    ) -> None:
+        self._connection = connection
+        self._timer = connection.loop.call_later(seconds, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        """The client is gone for MQTT: what it still sends is dropped."""
+
+    def eof_received(self) -> None:
+        """The client closed its side too: returning None lets the transport close."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._connection.connection_lost(exc)

@@ -84,8 +84,12 @@ class ClientLink(Protocol):
     def flush(self) -> None:
         """Write ``out`` now (the store committed what it acknowledges)."""
 
-    def close(self) -> None:
-        """Write what is in ``out``, then close the connection."""
+    def close(self, linger: bool = False) -> None:
+        """Write what is in ``out``, then close the connection.
+
+        ``linger``: ``out`` ends with the node's last word (a DISCONNECT or a
+        refusing CONNACK), which must reach a client that may still be sending.
+        """
 
     def connected(self) -> None:
         """CONNECT was accepted: keep-alive supervision starts (``keepalive``)."""
@@ -325,7 +329,7 @@ class ClientProtocol:
         code = connack_code_for(self.protocol_level, reason)
         props = properties if properties is not None else self.problem(reason.name.lower())
         self.send(Connack(False, code, props if self.protocol_level == 5 else {}))
-        self.link.close()
+        self.link.close(linger=True)
         raise Disconnected
 
     # -- PUBLISH in -----------------------------------------------------------
@@ -480,8 +484,14 @@ class ClientProtocol:
     # -- ending ---------------------------------------------------------------
 
     def violated(self, reason: int, detail: str) -> None:
-        """Answer a broken rule before closing: CONNACK while connecting, else DISCONNECT."""
+        """Answer a broken rule, then close: CONNACK while connecting, else DISCONNECT.
+
+        A client that sent no CONNECT the node could read is told nothing.
+        """
+        if self.state == CLOSED:
+            return
         self.stats.protocol_errors += 1
+        told = False
         if self.state == CONNECTING:
             if reason == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
                 level = self.decoder.protocol_level or 4
@@ -490,24 +500,31 @@ class ClientProtocol:
                     self.protocol_level, ReasonCode.UNSUPPORTED_PROTOCOL_VERSION
                 )
                 self.send(Connack(False, code))
+                told = True
             elif self.decoder.protocol_level == 5:
                 self.protocol_level = 5
                 self.send(Connack(False, reason))
-            return
-        self.say_disconnect(reason, detail)
+                told = True
+        else:
+            told = self.say_disconnect(reason, detail)
+        self.link.close(linger=told)
 
-    def say_disconnect(self, reason: int, detail: str) -> None:
-        """Server-initiated close: a connected v5 client is told ``reason`` first."""
+    def say_disconnect(self, reason: int, detail: str) -> bool:
+        """Server-initiated close: a connected v5 client is told ``reason`` first.
+
+        True when a DISCONNECT went out (MQTT 3 has none to send).
+        """
         if self.protocol_level == 5 and self.state == CONNECTED:
             props = self.problem(detail) if detail else {}
             self.send(Disconnect(reason, props))
+            return True
+        return False
 
     def disconnect(self, reason: int, detail: str = "") -> None:
         """Close the connection, telling a v5 client why."""
         if self.state == CLOSED:
             return
-        self.say_disconnect(reason, detail)
-        self.link.close()
+        self.link.close(linger=self.say_disconnect(reason, detail))
 
 
 ANSWERS: dict[type, Callable[[ClientProtocol, Any], None]] = {

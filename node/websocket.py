@@ -108,6 +108,15 @@ class _WebSocketTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing or self._ws.state is not OPEN
 
+    def can_write_eof(self) -> bool:
+        """No: close() already half-closes, through the WebSocket closing handshake.
+
+        After our close frame the connection reads on (and drops the peer's
+        data) until the peer's close frame or EOF, bounded by handshake_timeout
+        (``_flush``), so the MQTT driver's own lingering has no part here.
+        """
+        return False
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._tcp.get_extra_info(name, default)
 

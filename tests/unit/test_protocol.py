@@ -52,8 +52,8 @@ class RecordingLink:
     def flush(self) -> None:
         self.calls.append("flush")
 
-    def close(self) -> None:
-        self.calls.append("close")
+    def close(self, linger: bool = False) -> None:
+        self.calls.append("close-linger" if linger else "close")
 
     def connected(self) -> None:
         self.calls.append("connected")
@@ -148,7 +148,7 @@ def test_v3_keepalive_above_the_maximum_is_refused() -> None:
         client.negotiate(packet, lambda: "x")
     (connack,) = sent(client)
     assert connack.reason_code == 2  # identifier rejected: v3 cannot say otherwise
-    assert link.calls[-1] == "close"
+    assert link.calls[-1] == "close-linger"  # the refusing CONNACK must be readable
 
 
 def test_v3_without_client_id_and_without_clean_session_is_refused() -> None:
@@ -294,6 +294,22 @@ def test_violation_while_connecting_answers_with_a_v5_connack() -> None:
     (connack,) = sent(client)
     assert isinstance(connack, Connack) and connack.reason_code >= 0x80
     assert client.stats.protocol_errors == 1
+    assert client.link.calls[-1] == "close-linger"  # type: ignore[attr-defined]
+
+
+def test_the_link_lingers_only_after_a_last_word() -> None:
+    """Lingering is for a DISCONNECT or CONNACK just sent; with nothing sent it closes at once."""
+    v3, _ = connected(level=4)
+    v3.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+    assert sent(v3) == [] and v3.link.calls[-1] == "close"  # type: ignore[attr-defined]
+    first_not_connect, link = make()
+    first_not_connect.violated(ReasonCode.PROTOCOL_ERROR, "PUBLISH before CONNECT")
+    assert sent(first_not_connect) == [] and link.calls[-1] == "close"
+    v5, _ = connected(level=5)
+    v5.violated(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+    (packet,) = sent(v5)
+    assert isinstance(packet, Disconnect) and packet.reason_code == 0x93
+    assert v5.link.calls[-1] == "close-linger"  # type: ignore[attr-defined]
 
 
 def test_server_disconnect_tells_a_v5_client_why_and_closes() -> None:
@@ -303,7 +319,7 @@ def test_server_disconnect_tells_a_v5_client_why_and_closes() -> None:
     assert isinstance(packet, Disconnect)
     assert packet.reason_code == ReasonCode.SESSION_TAKEN_OVER
     assert packet.properties == {"reason_string": "session taken over"}
-    assert client.link.calls[-1] == "close"  # type: ignore[attr-defined]
+    assert client.link.calls[-1] == "close-linger"  # type: ignore[attr-defined]
     client.state = CLOSED
     client.send(Subscribe(1, [("t", SubscriptionOptions())]))
     assert client.take_output() == [], "nothing goes out once closed"
