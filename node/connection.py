@@ -268,8 +268,9 @@ class MQTTConnection(asyncio.Protocol):
                 mqtt.disconnect(ReasonCode.MESSAGE_RATE_TOO_HIGH, f"more than {rate} PUBLISH/s")
                 return None
             return self.node.handle_publish(mqtt, packet)  # type: ignore[arg-type]
-        if cls in ANSWERS:
-            mqtt.receive(packet)
+        answer = ANSWERS.get(cls)  # acks and pings: one lookup, straight to the protocol
+        if answer is not None:
+            answer(mqtt, packet)
             return None
         if cls is Subscribe:
             return self.node.handle_subscribe(mqtt, packet)  # type: ignore[arg-type]
