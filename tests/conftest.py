@@ -38,7 +38,12 @@ MOSQUITTO_EQUIVALENTS = {
     "max_queued_messages": "max_queued_messages",
     "topic_alias_maximum": "max_topic_alias",
     "sys_interval": "sys_interval",
+    "password_file": "password_file",
+    "acl_file": "acl_file",
+    "allow_anonymous": "allow_anonymous",
 }
+MOSQUITTO_GLOBAL = {"password_file", "acl_file", "allow_anonymous"}
+"""Settings Mosquitto takes once for the whole broker (without per_listener_settings)."""
 
 
 @dataclass
@@ -106,6 +111,11 @@ def _toml_value(value: object) -> str:
     return str(value)
 
 
+def _mosquitto_value(value: object) -> str:
+    """A value as mosquitto.conf writes it: strings (paths) bare, the rest as in TOML."""
+    return value if isinstance(value, str) else _toml_value(value)
+
+
 def _pump_output(proc: subprocess.Popen[str], lines: list[str]) -> None:
     """Collect the broker's output so its pipe never fills and failures can show it."""
     assert proc.stdout is not None
@@ -131,11 +141,17 @@ def _start_mosquitto(tmp: Path, config: dict[str, object]) -> RunningBroker:
     if unknown:
         pytest.skip(f"raftmq-only settings {sorted(unknown)} have no Mosquitto equivalent")
     port, ws_port = _free_port(), _free_port()
-    # Mosquitto applies some options (max_topic_alias...) per listener, so
-    # every setting follows each listener line.
-    settings = [f"{MOSQUITTO_EQUIVALENTS[k]} {_toml_value(v)}" for k, v in config.items()]
+    # Mosquitto applies some options (max_topic_alias...) per listener, so those
+    # follow each listener line; security files may be named once only, up front.
+    config.setdefault("allow_anonymous", True)
+    written = {k: f"{MOSQUITTO_EQUIVALENTS[k]} {_mosquitto_value(v)}" for k, v in config.items()}
+    once = [line for key, line in written.items() if key in MOSQUITTO_GLOBAL]
+    settings = [line for key, line in written.items() if key not in MOSQUITTO_GLOBAL]
     lines = [
-        "allow_anonymous true",
+        *once,
+        # As root Mosquitto would drop to the "mosquitto" user, which cannot read
+        # the files the test made in its private temporary directory.
+        "user root",
         "persistence false",
         f"listener {port} 127.0.0.1",
         *settings,
