@@ -217,3 +217,26 @@ def test_forwarded_messages_are_checked_on_the_subscribers_node(
     for packet_id, topic in enumerate(topics, start=2):
         published_once_routed(publisher, topic, b"x", 1, packet_id=packet_id)
     assert [p.topic for p in received(subscriber, 2)] == ["open/first", "open/second"]
+
+
+@pytest.mark.raftmq_only
+def test_share_group_copy_goes_to_a_member_who_may_read_it(
+    clients: ClientPool, secured: RunningBroker
+) -> None:
+    """Mosquitto picks the member in turn and then drops a denied copy; raftmq skips past it."""
+    alice = login(clients, secured, "alice", mqtt.MQTTv5)  # denied secret/#
+    carol = login(clients, secured, "carol", mqtt.MQTTv5)
+    group = f"$share/{unique('g')}/#"
+    assert alice.subscribe(group, qos=1) == [1]
+    assert carol.subscribe(group, qos=1) == [1]
+    bob = login(clients, secured, "bob", mqtt.MQTTv5)  # may write sensors/#
+    for index in range(4):
+        bob.publish(f"sensors/x/{index}", b"x", qos=1)
+    # alice may read sensors/..., so the group alternates; none is lost either way.
+    got = [m.topic for m in (*alice.get_many(2), *carol.get_many(2))]
+    assert sorted(got) == [f"sensors/x/{i}" for i in range(4)]
+    publisher = login(clients, secured, "carol", mqtt.MQTTv5)
+    for index in range(4):
+        publisher.publish(f"secret/{index}", b"s", qos=1)
+    assert [m.topic for m in carol.get_many(4)] == [f"secret/{i}" for i in range(4)]
+    alice.assert_no_message(within=0.3)
