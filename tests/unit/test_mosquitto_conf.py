@@ -211,6 +211,10 @@ def handled_directives() -> set[str]:
 
 
 def test_every_directive_is_in_the_table_of_docs_mosquitto_md() -> None:
-    documented = set(re.findall(r"^\| `([a-z_0-9.*]+)`", DOC.read_text(), re.MULTILINE))
+    """The first cell of each table row names its directives, in backticks."""
+    first_cells = [
+        line.split("|")[1] for line in DOC.read_text().splitlines() if line.startswith("| `")
+    ]
+    documented = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
     assert handled_directives() - documented == set()
     assert documented - handled_directives() == set()

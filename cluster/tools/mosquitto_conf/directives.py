@@ -48,8 +48,6 @@ NOT_NEEDED: dict[str, str] = {
     "log collector reads its stderr. Remove the line",
     "set_tcp_nodelay": "not needed: raftmq always sets TCP_NODELAY on client sockets; "
     "it cannot be turned off. Remove the line",
-    "connection_messages": "not supported: connects and disconnects are logged at level "
-    'info; set log_level = "warning" to hide them (with other info lines)',
 }
 
 _PLUGINS = (
@@ -104,6 +102,8 @@ UNSUPPORTED: dict[str, str] = {
     "expire; MQTT v5 clients choose their session expiry interval",
     "retain_available": "not supported: retained messages are always available; bound them "
     "with max_retained_messages (0 means no limit)",
+    "connection_messages": "not supported: connection log lines cannot be turned off alone; "
+    "a higher log_level hides them, with the other lines of their level",
     "upgrade_outgoing_qos": "not supported: messages go out at the lower of the published "
     "and the subscribed QoS, as MQTT says",
 }
