@@ -89,14 +89,17 @@ def write_converted(conf: Path, tmp_path: Path) -> tuple[Path, Converted]:
     return out, converted
 
 
-def mosquitto_passwd(path: Path, user: str, password: str) -> None:
-    create = [] if path.exists() else ["-c"]
+def auth_files(tmp_path: Path, user: str, password: str, acl_text: str) -> tuple[Path, Path]:
+    """A password file made by Mosquitto's own mosquitto_passwd, and an ACL file."""
+    passwords, acl = tmp_path / "passwd", tmp_path / "acl"
     subprocess.run(
-        ["mosquitto_passwd", *create, "-b", str(path), user, password],
+        ["mosquitto_passwd", "-c", "-b", str(passwords), user, password],
         check=True,
         timeout=TIMEOUT,
         capture_output=True,
     )
+    acl.write_text(acl_text)
+    return passwords, acl
 
 
 def connect_v5(
@@ -160,10 +163,12 @@ def test_tls_mtls_websocket_password_and_acl(
     certs: CertSet = make_cert_set(tmp_path / "certs")
     alice_cert = certs.issue_client("alice", "alice")
     plain, mtls, ws = free_port(), free_port(), free_port()
-    passwords = tmp_path / "passwd"
-    mosquitto_passwd(passwords, "bob", "bob-secret")
-    acl = tmp_path / "acl"
-    acl.write_text("user alice\ntopic readwrite alice/#\n\nuser bob\ntopic readwrite bob/#\n")
+    passwords, acl = auth_files(
+        tmp_path,
+        "bob",
+        "bob-secret",
+        "user alice\ntopic readwrite alice/#\n\nuser bob\ntopic readwrite bob/#\n",
+    )
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
         f"password_file {passwords}\nacl_file {acl}\n\n"
@@ -221,10 +226,9 @@ def test_per_listener_settings_keep_the_stricter_choice(
     tmp_path: Path, node_on_file: NodeOnFile, free_port: Callable[[], int], clients: ClientPool
 ) -> None:
     first, second = free_port(), free_port()
-    passwords = tmp_path / "passwd"
-    mosquitto_passwd(passwords, "carol", "carol-secret")
-    acl = tmp_path / "acl"
-    acl.write_text("user carol\ntopic readwrite carol/#\n")
+    passwords, acl = auth_files(
+        tmp_path, "carol", "carol-secret", "user carol\ntopic readwrite carol/#\n"
+    )
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
         "per_listener_settings true\n"

@@ -136,6 +136,8 @@ CASES: list[tuple[str, str, dict[str, object], list[str]]] = [
     ("unix socket listener", "listener 0 /run/m.sock\nlistener 1\n",
      {"listen": ["tcp://0.0.0.0:1"]},
      ["1: listener: not supported: raftmq listens on TCP only"]),
+    ("local only ignores per-listener security", "per_listener_settings true\nacl_file /a\n",
+     LOCAL, ["2: acl_file: ignored, as by Mosquitto"]),
     ("local only ignores listener options", "cafile c\nallow_anonymous false\n", LOCAL,
      ["1: cafile: ignored, as by Mosquitto", "2: allow_anonymous: ignored, as by Mosquitto"]),
 ]  # fmt: skip

@@ -72,7 +72,11 @@ class Mapping:
     def _active_listeners(self) -> list[Listener]:
         walked = self.walked
         if walked.local_only:
-            for line in walked.default.applied:
+            default = walked.default
+            per_listener = [
+                v.line for v in default.security.values() if v.line not in default.applied
+            ]
+            for line in [*default.applied, *per_listener]:
                 self.remarks.append(
                     Remark(
                         line,
