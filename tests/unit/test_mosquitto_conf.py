@@ -199,6 +199,24 @@ def test_include_dir_reads_conf_files_in_sorted_order_and_names_them() -> None:
     assert len(remarks) == 2
 
 
+def test_each_included_file_starts_at_the_default_listener_like_mosquitto() -> None:
+    table, remarks = run(
+        "listener 1\ninclude_dir /d\nmax_connections 9\n", **{"/d/a.conf": "max_topic_alias 4\n"}
+    )
+    # a.conf's option made the default listener; max_connections is listener 1's again.
+    assert table["listen"] == ["tcp://0.0.0.0:1", "tcp://0.0.0.0:1883"]
+    assert [r.split(": ")[:2] for r in remarks] == [
+        ["/d/a.conf:1", "max_topic_alias"],
+        ["m.conf:3", "max_connections"],
+    ]
+
+
+def test_a_bridge_section_ends_with_its_file() -> None:
+    files = {"/d/a.conf": "connection b\naddress h\n", "/d/b.conf": "address h\n"}
+    with pytest.raises(MosquittoConfigError, match=r"^/d/b\.conf:1: address: is a bridge option"):
+        run("include_dir /d\n", **files)
+
+
 def test_toml_names_the_mosquitto_line_of_each_key() -> None:
     conversion = convert(MAIN, MemorySource({MAIN: "listener 1883\nmax_keepalive 60\n"}))
     assert "# m.conf:2: max_keepalive 60\nmax_keepalive = 60\n" in conversion.toml

@@ -163,6 +163,8 @@ class Walked:
 def walk(lines: list[Line]) -> Walked:
     state = _Walk()
     for line in lines:
+        if line.file != state.file:
+            state.enter(line)
         state.take(line)
     return state.result
 
@@ -173,6 +175,22 @@ class _Walk:
         self.current = self.result.default
         self.in_bridge = False
         self.security_seen = False
+        self.file = ""
+        self.in_included = False
+        self.main_scope = (self.current, self.in_bridge)
+
+    def enter(self, line: Line) -> None:
+        """Each file has its own scope, as Mosquitto reads each with a fresh current
+        listener (the default one) and no bridge; the main file's scope comes back
+        after its include_dir."""
+        if line.included and not self.in_included:
+            self.main_scope = (self.current, self.in_bridge)
+        if line.included:
+            self.current, self.in_bridge = self.result.default, False
+        else:
+            self.current, self.in_bridge = self.main_scope
+        self.in_included = line.included
+        self.file = line.file
 
     def remark(self, line: Line, message: str) -> None:
         self.result.remarks.append(Remark(line, message))
