@@ -111,7 +111,7 @@ class Mapping:
                 host = "::" if listener.option("socket_domain") == "ipv6" else "0.0.0.0"
             url = ListenAddress(scheme, host, listener.port, "/mqtt" if websockets else "").url()
             urls.append(url)
-            sources.extend(Value(url, line) for line in listener.defined_by)
+            sources.extend(Value(url, line) for line in listener.origin)
         note = "a listener without an address: every IPv4 interface"
         if not wildcard:
             note = ""
@@ -126,8 +126,8 @@ class Mapping:
                     if name in listener.options:
                         self.remark(
                             listener.options[name],
-                            "ignored, as by Mosquitto: this listener has not both certfile "
-                            "and keyfile, so it is not TLS",
+                            "ignored, as by Mosquitto: this listener does not have both "
+                            "certfile and keyfile, so it is not TLS",
                         )
         tls = [listener for listener in self.listeners if _is_tls(listener)]
         if not tls:
@@ -159,9 +159,9 @@ class Mapping:
                 mine, theirs = other.options.get(name), options.get(name)
                 if (mine and mine.value) != (theirs and theirs.value):
                     self.remark(
-                        mine or Value(None, other.defined_by[0]),
+                        mine or Value(None, other.origin[0]),
                         f"raftmq has one TLS setup for all listeners: {other.name} gets "
-                        f"the {name} of {first.name} ({first.defined_by[0].where}); "
+                        f"the {name} of {first.name} ({first.origin[0].where}); "
                         "run a second node for a second setup",
                     )
             mine = other.options.get("use_identity_as_username")

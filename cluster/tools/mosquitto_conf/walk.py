@@ -129,6 +129,11 @@ class Listener:
         return default if found is None else found.value
 
     @property
+    def origin(self) -> list[Line]:
+        """The lines that made it: a default listener made by an option has no port line."""
+        return self.defined_by or self.applied[:1]
+
+    @property
     def name(self) -> str:
         return f"listener {self.port}" + (f" {self.host}" if self.host else "")
 
