@@ -112,6 +112,9 @@ class Mapping:
             url = ListenAddress(scheme, host, listener.port, "/mqtt" if websockets else "").url()
             urls.append(url)
             sources.extend(Value(url, line) for line in listener.origin)
+            sources.extend(
+                v for n in ("protocol", "socket_domain") if (v := listener.options.get(n))
+            )
         note = "a listener without an address: every IPv4 interface"
         if not wildcard:
             note = ""
