@@ -129,10 +129,16 @@ def _start_raftmq(tmp: Path, config: dict[str, object]) -> RunningBroker:
     listen = config.pop("listen", ["tcp://127.0.0.1:0", "ws://127.0.0.1:0/mqtt"])
     body = {"listen": listen, "data_dir": str(data_dir), **config}
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in body.items()))
+    return run_node_on_file(config_file, data_dir, len(listen))  # type: ignore[arg-type]
+
+
+def run_node_on_file(config_file: Path, data_dir: Path, listeners: int) -> RunningBroker:
+    """`raftmq node --config FILE`, returned once it printed ``listeners`` listening lines
+    of different schemes; the caller stops it."""
     command = [RAFTMQ, "node", "--config", str(config_file)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     broker = RunningBroker(proc=proc, data_dir=data_dir, command=command)
-    _wait_listening(broker, expected=len(listen))  # type: ignore[arg-type]
+    _wait_listening(broker, expected=listeners)
     return broker
 
 
@@ -227,6 +233,33 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
         broker.stop()
     for tmp in tmp_dirs:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def node_on_file() -> Iterator[Callable[[Path], RunningBroker]]:
+    """Run `raftmq node --config FILE` on config files the test wrote; all stopped after.
+
+    The test owns the file's paths (data_dir included) and removes them.
+    """
+    from raftmq.node.config import load_config
+
+    started: list[RunningBroker] = []
+
+    def start(config_file: Path) -> RunningBroker:
+        config = load_config(config_file)
+        schemes = {address.scheme for address in config.listen}
+        started.append(run_node_on_file(config_file, Path(config.data_dir), len(schemes)))
+        return started[-1]
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A loopback TCP port nobody listens on right now."""
+    return _free_port
 
 
 @pytest.fixture
