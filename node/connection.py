@@ -13,6 +13,9 @@ The driver also owns what only a socket has: writing everything queued in a
 loop turn at once, the connect and keep-alive timers, the publish rate limit,
 backpressure between a slow subscriber and the publishers that feed it, and
 the lingering close after the node's last word (``MQTTConnection._linger``).
+Each connection's end is logged once, in ``_closed`` (``client_log.py``), and
+only the ``log_client`` connection carries a per-packet trace
+(``packet_trace.py``).
 """
 
 from __future__ import annotations
