@@ -161,7 +161,7 @@ def test_connect_refusal_and_every_disconnect_reason_have_their_line(
         _, line = wait_for(broker, "raftmq.clients", f"^client {ids['idle']!r} disconnected")
         assert re.fullmatch(
             f"client {ids['idle']!r} disconnected: peer {peer(idle)}, reason keep alive "
-            r"timeout \(0x8D\): nothing received for 1\.\ds, keepalive 1s",
+            r"timeout \(0x8D\): nothing received for \d+\.\ds, keepalive 1s",  # 1.5 s, or late
             line,
         ), line
         expected.append(("INFO", line))
