@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 
+from . import client_log
 from .acl import AccessControl
 from .auth import Authenticator
 from .background import Background
@@ -163,6 +164,7 @@ class Broker:
             server.close()
         for client in list(self.clients):
             client.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        client_log.WARNINGS.flush()  # what was suppressed is reported before the node goes
         self._background.cancel_all()
         self.sessions.keep_for_restart()
         self.store.close()

@@ -409,6 +409,14 @@ class Config:
             choices=LOG_LEVELS,
         ),
     )
+    log_client: str = field(
+        default="",
+        metadata=_rule(
+            help="Client id whose packets are logged, one debug line each (direction, type, "
+            "packet id, topic, QoS, retain, payload size; never payloads or passwords), "
+            'when log_level = "debug". Empty: no client.',
+        ),
+    )
 
     @property
     def anonymous_allowed(self) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import secrets
 
+from . import client_log
 from .auth import Authenticator
 from .config import TLS_SCHEMES
 from .context import NodeContext, NodePart
 from .hooks import ClusterUnavailable
 from .migration import SessionMigration
 from .packets import Connect
-from .protocol import CLOSED, ClientProtocol
+from .protocol import CLOSED, ClientProtocol, Disconnected
 from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .sessions import SessionRegistry
@@ -47,6 +48,16 @@ class ConnectHandshake(NodePart):
         self.read_rights = read_rights
 
     async def handle_connect(self, client: ClientProtocol, packet: Connect) -> None:
+        """Connect the client, or refuse it; either way with one log line (``client_log``)."""
+        try:
+            await self._handshake(client, packet)
+        except Disconnected:
+            ending = client.ended
+            if ending is not None and ending.by == "refused" and ending.reason is not None:
+                client_log.refused(client, packet, ending.reason)
+            raise
+
+    async def _handshake(self, client: ClientProtocol, packet: Connect) -> None:
         cfg = self.config
         limits = self.stats.limits
         if self._full() and not self.sessions.is_takeover(packet.client_id):
@@ -104,7 +115,9 @@ class ConnectHandshake(NodePart):
         sessions = self.sessions
         existing = sessions.get(client_id)
         if existing is not None and existing.connection is not None:
-            existing.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            taken = ReasonCode.SESSION_TAKEN_OVER
+            existing.connection.end("server", taken, f"by a new connection from {client.peer}")
+            existing.connection.disconnect(taken, "session taken over")
             existing = sessions.get(client_id)
         session_present = False
         if existing is not None and not packet.clean_start:
@@ -127,6 +140,7 @@ class ConnectHandshake(NodePart):
         self.stats.clients_connected += 1
         self.stats.connects += 1
         client.accept(packet, granted, session, claim.epoch, session_present)
+        client_log.connected(client, packet.clean_start, session_present)
         if session_present:
             session.resume(client)
         else:

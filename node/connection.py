@@ -13,6 +13,9 @@ The driver also owns what only a socket has: writing everything queued in a
 loop turn at once, the connect and keep-alive timers, the publish rate limit,
 backpressure between a slow subscriber and the publishers that feed it, and
 the lingering close after the node's last word (``MQTTConnection._linger``).
+Each connection's end is logged once, in ``_closed`` (``client_log.py``), and
+only the ``log_client`` connection carries a per-packet trace
+(``packet_trace.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from . import client_log
 from .limits import TokenBucket
+from .packet_trace import PacketTrace, start_trace
 from .packets import Connect, Packet, Publish, Subscribe, Unsubscribe
 from .protocol import (
     ANSWERS,
@@ -94,6 +99,7 @@ class MQTTConnection(asyncio.Protocol):
         "node",
         "publish_bucket",
         "timer",
+        "trace",
         "transport",
     )
 
@@ -119,6 +125,8 @@ class MQTTConnection(asyncio.Protocol):
             TokenBucket(rate, max(rate, 1.0), self.loop.time()) if rate > 0 else None
         )
         """max_publish_rate, fed with the time each read arrived; None when unlimited."""
+        self.trace: PacketTrace | None = None
+        """Per-packet debug lines, for the ``log_client`` client only (``packet_trace.py``)."""
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -145,6 +153,8 @@ class MQTTConnection(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
             return
+        if self.trace is not None:
+            self.trace.incoming(packets)
         if self._busy:
             self._backlog.extend(packets)
         else:
@@ -175,7 +185,7 @@ class MQTTConnection(asyncio.Protocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed()
+        self._closed(exc)
         self.node.socket_closed(self.mqtt)
 
     def pause_writing(self) -> None:
@@ -329,14 +339,19 @@ class MQTTConnection(asyncio.Protocol):
         transport = self.transport
         if out and transport is not None and not transport.is_closing():
             transport.writelines(out)
+            if self.trace is not None:
+                self.trace.outgoing(out)
 
     def connected(self) -> None:
         """CONNECT accepted: the connect timer gives way to keep-alive supervision."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.mqtt.keepalive:
-            self.timer = self.loop.call_later(self.mqtt.keepalive * 1.5, self._keepalive_check)
+        mqtt = self.mqtt
+        if mqtt.keepalive:
+            self.timer = self.loop.call_later(mqtt.keepalive * 1.5, self._keepalive_check)
+        if self.config.log_client and self.config.log_client == mqtt.client_id:
+            self.trace = start_trace(mqtt.client_id, mqtt.protocol_level)
 
     def close(self, linger: bool = False) -> None:
         """Close now; what is already written still goes out before the socket closes.
@@ -379,12 +394,13 @@ class MQTTConnection(asyncio.Protocol):
 
     def _violation(self, exc: ProtocolViolation) -> None:
         """A malformed or forbidden packet: tell the client why (v5), then close."""
-        mqtt = self.mqtt
-        log.info("client %r (%s): %s", mqtt.client_id, mqtt.peer, exc.detail)
-        mqtt.violated(exc.reason, exc.detail)  # and closes, through close()
+        self.mqtt.violated(exc.reason, exc.detail)  # and closes, through close()
 
-    def _closed(self) -> None:
-        """Forget this connection, once, whether the client or the server closed it."""
+    def _closed(self, error: Exception | None = None) -> None:
+        """Forget this connection, once, whether the client or the server closed it.
+
+        ``error``: why the socket broke, when it broke before anyone closed it.
+        """
         mqtt = self.mqtt
         if mqtt.state == CLOSED:
             return
@@ -401,15 +417,15 @@ class MQTTConnection(asyncio.Protocol):
         held_by, self.held_by = self.held_by, NOBODY
         for slow in held_by:
             slow.holding.discard(self)  # type: ignore[union-attr]
+        client_log.closed(mqtt, was_connected, error)
         self.node.client_closed(mqtt, was_connected)
 
     def _connect_timed_out(self) -> None:
         self.timer = None
         mqtt = self.mqtt
         if mqtt.state == CONNECTING:
-            log.info(
-                "client at %s sent no CONNECT within %ss", mqtt.peer, self.config.connect_timeout
-            )
+            seconds = self.config.connect_timeout
+            mqtt.end("server", None, f"no CONNECT within connect_timeout ({seconds}s)")
             self.node.stats.limits.connect_timeout += 1
             self.close()
 
@@ -421,7 +437,8 @@ class MQTTConnection(asyncio.Protocol):
         limit = mqtt.keepalive * 1.5
         idle = self.loop.time() - self.last_activity
         if idle >= limit:
-            log.info("client %r: keepalive expired after %.1fs", mqtt.client_id, idle)
+            detail = f"nothing received for {idle:.1f}s, keepalive {mqtt.keepalive}s"
+            mqtt.end("server", ReasonCode.KEEP_ALIVE_TIMEOUT, detail)
             mqtt.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
         else:
             self.timer = self.loop.call_later(limit - idle, self._keepalive_check)

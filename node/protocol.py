@@ -75,6 +75,21 @@ class Disconnected(Exception):
     """Handling a packet ended the connection; stop processing what follows."""
 
 
+@dataclass(slots=True, frozen=True)
+class Ending:
+    """Who ended a connection and why; ``client_log`` turns it into the disconnect line.
+
+    ``by``: "client" (its DISCONNECT), "server" (the node's decision, such as a
+    takeover or keep-alive timeout), "protocol" (a broken rule) or "refused"
+    (a refusing CONNACK; the handshake logs it with the CONNECT's fields).
+    """
+
+    by: str
+    reason: int | None
+    """The reason code; None where MQTT has none (a CONNECT that never came)."""
+    detail: str = ""
+
+
 class ClientLink(Protocol):
     """What the protocol needs of the connection that carries it."""
 
@@ -127,6 +142,7 @@ class ClientProtocol:
         "client_id",
         "config",
         "decoder",
+        "ended",
         "epoch",
         "incoming_pending",
         "keepalive",
@@ -175,6 +191,8 @@ class ClientProtocol:
         self.ordered_acks: OrderedAcks | None = None
         """QoS 1 acknowledgements waiting for other nodes (made at the first such PUBLISH)."""
         self.clean_disconnect = False
+        self.ended: Ending | None = None
+        """Why the connection ended (the first reason wins), for its log line; None while open."""
         self.out: list[bytes] = []
         self.awaiting_commit = False
         """``out`` reports state the store has not committed yet; the store releases it."""
@@ -257,6 +275,7 @@ class ClientProtocol:
                     )
                 session.expiry_interval = expiry
         self.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
+        self.end("client", packet.reason_code)
         self.link.close()
 
     # -- CONNECT --------------------------------------------------------------
@@ -328,6 +347,7 @@ class ClientProtocol:
         """Refuse the CONNECT with ``reason`` and close; raises Disconnected."""
         code = connack_code_for(self.protocol_level, reason)
         props = properties if properties is not None else self.problem(reason.name.lower())
+        self.end("refused", reason)
         self.send(Connack(False, code, props if self.protocol_level == 5 else {}))
         self.link.close(linger=True)
         raise Disconnected
@@ -490,6 +510,7 @@ class ClientProtocol:
         """
         if self.state == CLOSED:
             return
+        self.end("protocol", reason, detail)
         self.stats.protocol_errors += 1
         told = False
         if self.state == CONNECTING:
@@ -524,7 +545,13 @@ class ClientProtocol:
         """Close the connection, telling a v5 client why."""
         if self.state == CLOSED:
             return
+        self.end("server", reason, detail)
         self.link.close(linger=self.say_disconnect(reason, detail))
+
+    def end(self, by: str, reason: int | None, detail: str = "") -> None:
+        """Record why the connection ends, unless an earlier reason already did."""
+        if self.ended is None:
+            self.ended = Ending(by, reason, detail)
 
 
 ANSWERS: dict[type, Callable[[ClientProtocol, Any], None]] = {

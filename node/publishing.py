@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import partial
 
+from . import client_log
 from .acks import OrderedAcks
 from .context import NodeContext, NodePart
 from .fanout import FanOut
@@ -58,6 +59,7 @@ class Publishing(NodePart):
         if (acl is not None and not acl.may_publish(client.username, client.client_id, topic)) or (
             topic.startswith("$SYS")  # the node's own reports; nobody may forge them
         ):
+            client_log.denied(client.client_id, client.username, "publish", topic)
             return self._refuse(client, packet)
         self.stats.messages_received += 1
         message = Message.create(

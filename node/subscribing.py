@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from . import client_log
 from .context import NodeContext, NodePart
 from .fanout import FanOut
 from .hooks import ClusterUnavailable, RouteKey
@@ -61,6 +62,7 @@ class Subscriptions(NodePart):
             if acl is not None and not acl.may_subscribe(
                 client.username, session.client_id, topic_filter
             ):
+                client_log.denied(session.client_id, client.username, "subscribe", full_filter)
                 codes.append(ReasonCode.NOT_AUTHORIZED if level == 5 else 0x80)
                 problems.append(f"{full_filter!r}: not authorized")
                 continue
