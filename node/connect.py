@@ -119,8 +119,7 @@ class ConnectHandshake(NodePart):
         if transfer is not None and session.store is not None:
             self.migration.journal_transferred(session)
 
-        self.stats.clients_connected += 1
-        self.stats.connects += 1
+        self.stats.client_connected()
         client.accept(packet, granted, session, claim.epoch, session_present)
         if session_present:
             session.resume(client)

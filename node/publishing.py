@@ -60,6 +60,7 @@ class Publishing(NodePart):
         ):
             return self._refuse(client, packet)
         self.stats.messages_received += 1
+        self.stats.message_bytes_received += len(packet.payload)
         message = Message.create(
             topic, packet.payload, qos, packet.retain, packet.properties, client.client_id
         )

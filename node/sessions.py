@@ -42,6 +42,19 @@ class SessionRegistry(NodePart):
     def __len__(self) -> int:
         return len(self.by_client)
 
+    def held(self) -> tuple[int, int]:
+        """(messages, payload bytes) the sessions hold, queued or in flight: $SYS's store figures.
+
+        Walks every session, so it is for once per ``sys_interval``, not the hot path.
+        """
+        messages = payload = 0
+        for session in self.by_client.values():
+            outgoing = session.outgoing
+            messages += len(session.queue) + len(outgoing)
+            payload += session.queued_bytes
+            payload += sum(len(sent.delivery.message.payload) for sent in outgoing.values())
+        return messages, payload
+
     def get(self, client_id: str) -> Session | None:
         return self.by_client.get(client_id)
 
