@@ -190,6 +190,7 @@ class Broker:
         return Gauges(
             sessions=len(self.sessions),
             subscriptions=len(self.subscriptions),
+            shared_subscriptions=len(self.fanout.shared),
             retained=len(self.retained),
             held_messages=held_messages,
             held_bytes=held_bytes,

@@ -109,9 +109,14 @@ class SessionRegistry(NodePart):
     def expire_in(self, session: Session, delay: float, release_epoch: int | None = None) -> None:
         """End ``session`` after ``delay`` seconds unless its client comes back."""
         session.expiry_handle = asyncio.get_running_loop().call_later(
-            delay, self.end, session, release_epoch
+            delay, self._expired, session, release_epoch
         )
         session.expires_at = time.time() + delay
+
+    def _expired(self, session: Session, release_epoch: int | None) -> None:
+        """Its expiry interval passed with the client away: counted for $SYS clients/expired."""
+        self.stats.clients_expired += 1
+        self.end(session, release_epoch)
 
     @staticmethod
     def stop_timers(session: Session) -> None:

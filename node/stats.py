@@ -24,6 +24,8 @@ class Stats:
     clients_connected: int = 0
     clients_maximum: int = 0
     """The most clients connected at once since the node started."""
+    clients_expired: int = 0
+    """Sessions that ended because their expiry interval passed with the client away."""
     connects: int = 0
     """CONNECTs accepted."""
     sockets_opened: int = 0

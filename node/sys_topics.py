@@ -39,6 +39,8 @@ class Gauges:
     sessions: int
     """Sessions this node holds: connected clients and disconnected persistent sessions."""
     subscriptions: int
+    """Subscriptions on this node, shared ones included."""
+    shared_subscriptions: int
     retained: int
     """Retained messages."""
     held_messages: int
@@ -78,6 +80,7 @@ def sys_tree(
         "clients/inactive": disconnected,  # Mosquitto's deprecated alias
         "clients/total": connected + disconnected,
         "clients/maximum": stats.clients_maximum,
+        "clients/expired": stats.clients_expired,
         "messages/received": stats.packets_received,
         "messages/sent": stats.packets_sent,
         "messages/stored": stored,
@@ -90,6 +93,7 @@ def sys_tree(
         "bytes/received": stats.bytes_received,
         "bytes/sent": stats.bytes_sent,
         "subscriptions/count": gauges.subscriptions,
+        "shared_subscriptions/count": gauges.shared_subscriptions,
         "retained messages/count": gauges.retained,
         "retained messages/bytes": stats.retained_bytes,
         "store/messages/count": stored,

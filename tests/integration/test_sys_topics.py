@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 from clients import ClientPool, Message, MqttClient, unique
-from rawmqtt import PUBACK, PUBLISH, SUBACK, publish, raw_clients, subscribe
+from rawmqtt import (
+    PUBACK,
+    PUBLISH,
+    SESSION_EXPIRY_INTERVAL,
+    SUBACK,
+    disconnect,
+    publish,
+    raw_clients,
+    subscribe,
+)
 from sysread import SysWatcher
 
 if TYPE_CHECKING:
@@ -38,6 +47,7 @@ COUNTERS = (
     "clients/inactive",
     "clients/total",
     "clients/maximum",
+    "clients/expired",
     "messages/received",
     "messages/sent",
     "messages/stored",
@@ -49,6 +59,7 @@ COUNTERS = (
     "bytes/received",
     "bytes/sent",
     "subscriptions/count",
+    "shared_subscriptions/count",
     "retained messages/count",
     "store/messages/count",
     "store/messages/bytes",
@@ -222,12 +233,13 @@ def test_mosquitto_sub_sees_the_whole_tree(broker: RunningBroker) -> None:
 # PUBLISHes out of publish/messages/received; the other figures agree with it here.
 @pytest.mark.raftmq_only
 def test_every_figure_moves_under_load(broker_factory: BrokerFactory, clients: ClientPool) -> None:
-    """Connects, publishes, drops, queued and retained messages: every figure grows.
+    """Connects, publishes, drops, queued and retained messages, an expiry: every figure grows.
 
     The away session's queue holds 10 of the 21 messages meant for it; the
-    rest are dropped. The rates only move towards the load, a little per
-    interval, so each is only required to rise above what it read before;
-    the counters must grow by at least what the test caused.
+    rest are dropped. The brief session expires one second after it left.
+    The rates only move towards the load, a little per interval, so each is
+    only required to rise above what it read before; the counters must grow
+    by at least what the test caused.
     """
     broker = broker_factory(sys_interval=1, max_queued_messages=10)
     uid = unique("load")
@@ -239,6 +251,9 @@ def test_every_figure_moves_under_load(broker_factory: BrokerFactory, clients: C
             broker, f"{uid}-away", clean_session=False, subscribe=f"{uid}/#", qos=1
         )
         away.disconnect()
+        brief = raw.connected(f"{uid}-brief", properties=[(SESSION_EXPIRY_INTERVAL, 1)])
+        brief.send(disconnect())  # its session expires a second later
+        clients.connect(broker, f"{uid}-share", subscribe=f"$share/g/{uid}/#", qos=1)
         subscriber = clients.connect(broker, f"{uid}-sub", subscribe=f"{uid}/#", qos=1)
         publisher = clients.connect(broker, f"{uid}-pub")
         for _ in range(20):
@@ -247,16 +262,17 @@ def test_every_figure_moves_under_load(broker_factory: BrokerFactory, clients: C
         subscriber.get_many(21)
 
         at_least = {
-            "clients/connected": 3,  # the watcher, the subscriber, the publisher
-            "clients/active": 3,
-            "clients/maximum": 3,
+            "clients/connected": 4,  # the watcher, the subscriber, the sharer, the publisher
+            "clients/active": 4,
+            "clients/maximum": 4,
             "clients/disconnected": 1,  # the away session
             "clients/inactive": 1,
         }
         grows_by = {
-            "clients/total": 3,
-            "messages/received": 3 + 2 + 21 + 21,  # CONNECT, SUBSCRIBE, PUBLISH, PUBACK
-            "messages/sent": 3 + 2 + 21 + 21,  # CONNACK, SUBACK, PUBACK, PUBLISH
+            "clients/total": 4,
+            "clients/expired": 1,
+            "messages/received": 5 + 3 + 21 + 21,  # CONNECT, SUBSCRIBE, PUBLISH, PUBACK
+            "messages/sent": 5 + 3 + 21 + 21,  # CONNACK, SUBACK, PUBACK, PUBLISH
             "messages/stored": 11,  # 10 queued for the away session, one retained
             "store/messages/count": 11,
             "store/messages/bytes": 9 * 500,
@@ -267,7 +283,8 @@ def test_every_figure_moves_under_load(broker_factory: BrokerFactory, clients: C
             "publish/bytes/sent": 20 * 500,
             "bytes/received": 20 * 500,
             "bytes/sent": 20 * 500,
-            "subscriptions/count": 2,
+            "subscriptions/count": 3,
+            "shared_subscriptions/count": 1,
             "retained messages/count": 1,
         }
         assert at_least.keys() | grows_by.keys() == set(COUNTERS), "a counter is left unchecked"

@@ -8,7 +8,14 @@ from raftmq.node.stats import Stats
 from raftmq.node.sys_topics import Gauges, SysPublisher, sys_tree
 
 BEHAVIOUR = Path(__file__).resolve().parents[2] / "docs" / "behaviour.md"
-GAUGES = Gauges(sessions=7, subscriptions=4, retained=3, held_messages=10, held_bytes=900)
+GAUGES = Gauges(
+    sessions=7,
+    subscriptions=4,
+    shared_subscriptions=1,
+    retained=3,
+    held_messages=10,
+    held_bytes=900,
+)
 
 
 def test_derived_figures_follow_mosquittos_definitions() -> None:
