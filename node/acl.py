@@ -1,7 +1,7 @@
-"""Topic access control from an ACL file in Mosquitto's syntax.
+"""Topic access control from an ACL file in Mosquitto's syntax, with its semantics.
 
-    # everyone: lines before the first "user" line
-    topic read $SYS/#
+    # anonymous clients: lines before the first "user" line
+    topic read public/#
     # each client under its own client id and user name
     pattern readwrite devices/%c/#
     pattern read users/%u/inbox/#
@@ -11,30 +11,37 @@
 
 ``topic [read|write|readwrite|deny] FILTER`` grants (or denies) access to the
 topics FILTER matches; without an access word it means readwrite.
+``topic`` lines apply to the user named by the ``user`` line above them; those
+before any ``user`` line apply to anonymous clients only, as in Mosquitto.
 ``pattern ...`` is the same after substituting ``%u`` (user name) and ``%c``
-(client id), and applies to every client wherever it stands. ``topic`` lines
-apply to the user named by the ``user`` line above them, or to everyone when
-no ``user`` line came before.
+(client id), and applies to every client wherever it stands (a pattern without
+either is how one rule reaches everyone).
 
-Where this differs from Mosquitto, it is stricter:
+The decisions, as Mosquitto makes them:
 
-- Nothing is allowed unless a rule grants it, and a matching ``deny`` wins over
-  any grant.
-- A SUBSCRIBE is granted only when a read rule covers every topic the filter
-  can match, and no ``deny`` rule overlaps it: ``sensors/#`` is refused where
-  ``sensors/secret`` is denied. (Mosquitto accepts it and drops the denied
-  messages one by one; refusing up front keeps the ACL off the delivery path.)
-- Mosquitto's ``topic`` lines before any ``user`` line apply to anonymous
-  clients only; here they apply to everyone.
-- A client whose user name or client id contains ``+`` or ``#`` is denied
-  everything while pattern rules exist: substituting it would turn a name into
-  a wildcard (Mosquitto does the same).
+- PUBLISH to a topic: allowed when a write rule matches it and no ``deny``
+  rule does; a matching deny wins over any grant.
+- SUBSCRIBE to a filter: granted when a read rule covers the whole filter
+  (the filter is no broader than the rule: ``#`` under ``readwrite #``, not
+  ``sensors/#`` under ``read sensors/kitchen/#``), refused when a deny rule
+  covers the whole filter or no rule grants it.
+- A deny that only overlaps a granted filter (``deny secret/#`` under a
+  subscription to ``#``) does not refuse it: each message delivered on it is
+  checked against the client's read rights for the message's topic instead
+  (``read_check``). The check is needed only for such filters, so clients
+  whose filters no deny touches pay nothing per message.
+
+A client whose user name or client id contains ``+`` or ``#`` is denied
+everything while pattern rules exist: substituting it would turn a name into a
+wildcard (Mosquitto does the same).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntFlag
+from functools import partial
 
 from .config import ConfigError
 from .files import read_text
@@ -61,6 +68,10 @@ _SUBSTITUTIONS = ("%u", "%c")
 _WILDCARD_CHARS = ("+", "#")
 
 
+ReadCheck = Callable[[str], bool]
+"""Whether one client may receive a message on this topic (``AccessControl.read_check``)."""
+
+
 class AclFileError(ConfigError):
     """An ACL file that cannot be used; the message names the file and line."""
 
@@ -77,12 +88,13 @@ class Rule:
 class AclRules:
     """What one ACL file says, before any client's names are substituted."""
 
-    everyone: tuple[Rule, ...]
+    anonymous: tuple[Rule, ...]
+    """``topic`` lines before the first ``user`` line: clients without a user name."""
     per_user: dict[str, tuple[Rule, ...]]
     patterns: tuple[Rule, ...]
 
     def __len__(self) -> int:
-        return len(self.everyone) + sum(map(len, self.per_user.values())) + len(self.patterns)
+        return len(self.anonymous) + sum(map(len, self.per_user.values())) + len(self.patterns)
 
 
 Levels = tuple[str, ...]
@@ -104,10 +116,10 @@ def _check_filter(topic_filter: str) -> None:
 
 def parse_acl(text: str, path: str) -> AclRules:
     """Parse ACL file contents; AclFileError names ``path`` and the line of the first problem."""
-    everyone: list[Rule] = []
+    anonymous: list[Rule] = []
     per_user: dict[str, list[Rule]] = {}
     patterns: list[Rule] = []
-    current: list[Rule] = everyone
+    current: list[Rule] = anonymous
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -138,7 +150,7 @@ def parse_acl(text: str, path: str) -> AclRules:
         except ValueError as exc:
             raise AclFileError(f"ACL file {path}:{number}: {exc}") from None
     return AclRules(
-        tuple(everyone), {user: tuple(rules) for user, rules in per_user.items()}, tuple(patterns)
+        tuple(anonymous), {user: tuple(rules) for user, rules in per_user.items()}, tuple(patterns)
     )
 
 
@@ -218,12 +230,13 @@ class _ClientRules:
 
 
 class AccessControl:
-    """Answers "may this client publish/subscribe to this?" from an ACL file.
+    """Answers "may this client publish, subscribe, receive this?" from an ACL file.
 
     Decisions are cached per (user, client id, topic) because a client
-    publishes to the same few topics over and over; ``reload`` (SIGHUP)
-    replaces the rules and drops every cached decision, so new operations see
-    the new file at once.
+    publishes to, and receives on, the same few topics over and over;
+    ``reload`` (SIGHUP) replaces the rules and drops every cached decision, so
+    new operations see the new file at once (``read_rights`` re-checks the
+    subscriptions already made).
     """
 
     def __init__(self, path: str) -> None:
@@ -249,7 +262,30 @@ class AccessControl:
         return self._allowed(True, username, client_id, topic)
 
     def may_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
+        """Granted when a read rule covers the whole filter and no deny rule does."""
         return self._allowed(False, username, client_id, topic_filter)
+
+    def may_read(self, username: str | None, client_id: str, topic: str) -> bool:
+        """Whether a message on ``topic`` may be delivered to this client.
+
+        For a topic name "covers" is plain matching, so this is the SUBSCRIBE
+        decision for a filter without wildcards, and shares its cache entries.
+        """
+        return self._allowed(False, username, client_id, topic)
+
+    def read_check(
+        self, username: str | None, client_id: str, topic_filters: Iterable[str]
+    ) -> ReadCheck | None:
+        """The per-message check a client's deliveries need, or None when none do.
+
+        None when every filter is clean: covered by a read grant and touched by
+        no deny rule, so every topic it matches is readable. Otherwise the
+        check is ``may_read`` for this client, cached like every decision.
+        """
+        rules = self._rules_for(username, client_id)
+        if all(_clean(rules, tuple(split_levels(f))) for f in topic_filters):
+            return None
+        return partial(self._allowed, False, username, client_id)
 
     def _allowed(self, publish: bool, username: str | None, client_id: str, topic: str) -> bool:
         # A bool, not an Access, in the key and the call: on a cache hit (every
@@ -270,9 +306,8 @@ class AccessControl:
         if rules.deny_all:
             return False
         levels = tuple(split_levels(topic))
-        for denied in rules.denies:
-            if overlaps(denied, levels):
-                return False
+        if any(covers(denied, levels) for denied in rules.denies):
+            return False
         return any(access & wanted and covers(grant, levels) for access, grant in rules.grants)
 
     def _rules_for(self, username: str | None, client_id: str) -> _ClientRules:
@@ -281,9 +316,7 @@ class AccessControl:
         if found is not None:
             return found
         rules = self.rules
-        applicable = list(rules.everyone)
-        if username is not None:
-            applicable += rules.per_user.get(username, ())
+        applicable = list(rules.anonymous if username is None else rules.per_user.get(username, ()))
         dangerous = any(c in name for name in (username or "", client_id) for c in _WILDCARD_CHARS)
         for rule in rules.patterns:
             if "%u" in rule.topic_filter and username is None:
@@ -307,3 +340,12 @@ class AccessControl:
             self._clients = {}
         self._clients[key] = found
         return found
+
+
+def _clean(rules: _ClientRules, topic_filter: Levels) -> bool:
+    """Whether every topic ``topic_filter`` matches is readable: no per-message check needed."""
+    if rules.deny_all or any(overlaps(denied, topic_filter) for denied in rules.denies):
+        return False
+    return any(
+        access & Access.READ and covers(grant, topic_filter) for access, grant in rules.grants
+    )

@@ -37,6 +37,7 @@ from .migration import SessionMigration
 from .packets import Connect, Subscribe, Unsubscribe, Will
 from .protocol import ClientProtocol, Work
 from .publishing import Publishing
+from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
 from .session import Session
@@ -83,12 +84,16 @@ class Broker:
             self.extensions,
         )
         by_client: dict[str, Session] = {}
+        self.read_rights = ReadRights(self.acl, by_client) if self.acl is not None else None
+        """Per-message ACL checks on deliveries, where a deny rule calls for them."""
         self.fanout = FanOut(by_client, self.extensions)
-        self.subscriptions = Subscriptions(node, self.fanout)
+        self.subscriptions = Subscriptions(node, self.fanout, self.read_rights)
         self.publishing = Publishing(node, self.fanout)
         self.sessions = SessionRegistry(node, by_client, self.subscriptions, self.publishing)
         self.migration = SessionMigration(node, self.sessions, self.subscriptions)
-        self.connect = ConnectHandshake(node, self.auth, self.sessions, self.migration)
+        self.connect = ConnectHandshake(
+            node, self.auth, self.sessions, self.migration, self.read_rights
+        )
         # The two hot entries go straight to their part, without a call through here.
         self.handle_publish = self.publishing.handle_publish
         """``ClientHandler.handle_publish``: a client's PUBLISH."""

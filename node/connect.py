@@ -18,6 +18,7 @@ from .hooks import ClusterUnavailable
 from .migration import SessionMigration
 from .packets import Connect
 from .protocol import CLOSED, ClientProtocol
+from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .sessions import SessionRegistry
 from .topics import topic_levels
@@ -37,11 +38,13 @@ class ConnectHandshake(NodePart):
         auth: Authenticator,
         sessions: SessionRegistry,
         migration: SessionMigration,
+        read_rights: ReadRights | None,
     ) -> None:
         super().__init__(node)
         self.auth = auth
         self.sessions = sessions
         self.migration = migration
+        self.read_rights = read_rights
 
     async def handle_connect(self, client: ClientProtocol, packet: Connect) -> None:
         cfg = self.config
@@ -119,6 +122,8 @@ class ConnectHandshake(NodePart):
         if transfer is not None and session.store is not None:
             self.migration.journal_transferred(session)
 
+        if self.read_rights is not None:  # before resume sends what the session kept
+            self.read_rights.connected(session, client.username)
         self.stats.client_connected()
         client.accept(packet, granted, session, claim.epoch, session_present)
         if session_present:

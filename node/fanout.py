@@ -3,9 +3,9 @@
 The subscription index matches the topic; a client with several matching
 subscriptions gets one copy at the highest granted QoS carrying every
 subscription identifier (MQTT 5 §3.3.4); each matching share group gets one
-copy, round robin among its members, preferring online ones. A delivery to a
-subscriber whose socket is full holds the publisher back (``connection.py``)
-rather than buffering without bound.
+copy, round robin among its members, preferring online ones the ACL lets
+read the topic. A delivery to a subscriber whose socket is full holds the
+publisher back (``connection.py``) rather than buffering without bound.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class FanOut:
         only_groups: Collection[RouteKey] | None,
         publisher: ClientProtocol | None,
     ) -> int:
-        """Each matching share group gets one copy, round robin, preferring online members."""
+        """Each matching share group gets one copy, round robin, preferring usable members."""
         groups: dict[RouteKey, list[tuple[str, Subscription]]] = {}
         for topic_filter, (group, client_id), sub in entries:
             key = RouteKey(group, topic_filter)
@@ -144,13 +144,19 @@ class FanOut:
             groups.setdefault(key, []).append((client_id, sub))
         delivered = 0
         sessions = self.sessions
+        topic = message.topic
 
         for key, members in groups.items():
 
-            def online(index: int, members: list[tuple[str, Subscription]] = members) -> bool:
+            def usable(index: int, members: list[tuple[str, Subscription]] = members) -> bool:
+                """Online, and allowed by the ACL to read the topic: the group's copy
+                goes to a member who may have it, when one can."""
                 session = sessions.get(members[index][0])
-                return session is not None and session.connection is not None
+                if session is None or session.connection is None:
+                    return False
+                may_read = session.may_read
+                return may_read is None or may_read(topic)
 
-            client_id, sub = members[self._turns.pick(key, len(members), online)]
+            client_id, sub = members[self._turns.pick(key, len(members), usable)]
             delivered += self._deliver_one(message, client_id, sub, publisher)
         return delivered

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +70,8 @@ class Outbox(Protocol):
     """The client reads nothing: deliveries queue instead."""
     epoch: int
     """The cluster claim the connection holds for the client id."""
+    username: str | None
+    """Who logged in on it: the ACL's subject for what the session receives."""
     awaiting_commit: bool
     """Its output waits for the store's commit (``store.SessionStore.hold``)."""
     write_paused: bool
@@ -138,6 +141,7 @@ class Session:
         "incoming_qos2",
         "max_queued",
         "max_queued_bytes",
+        "may_read",
         "next_packet_id",
         "next_seq",
         "outgoing",
@@ -192,6 +196,10 @@ class Session:
         """Payload bytes in ``queue``, bounded by max_queued_bytes (0: unbounded)."""
         self.stats = stats if stats is not None else Stats()
         """Where this session counts the messages it drops (the node's Stats)."""
+        self.may_read: Callable[[str], bool] | None = None
+        """The ACL's per-message check on what this client receives (``read_rights``);
+        None when none is needed. Applied again as queued messages go out, so a
+        queue filled while the client was away is judged by its rights now."""
 
     @property
     def persistent(self) -> bool:
@@ -204,6 +212,10 @@ class Session:
         backpressure on the publishers bounds that buffer. Only a stalled one
         (see the driver's hold, connection.py) makes messages queue here.
         """
+        may_read = self.may_read
+        if may_read is not None and not may_read(delivery.message.topic):
+            self._count_denied(delivery)
+            return False
         conn = self.connection
         if conn is not None and not conn.stalled and not self.queue:
             if delivery.qos == 0:
@@ -279,6 +291,12 @@ class Session:
         if self.drops:
             self.drops.dropped(self.client_id, dropped.message, limit)
 
+    def _count_denied(self, denied: Delivery) -> None:
+        """The ACL does not let the client read this topic: not delivered, and counted."""
+        self.stats.deliveries_denied += 1
+        if self.drops:
+            self.drops.dropped(self.client_id, denied.message, "acl_denied")
+
     def _allocate_packet_id(self) -> int:
         pid = self.next_packet_id
         outgoing = self.outgoing
@@ -322,15 +340,19 @@ class Session:
         if conn is None:
             return
         now = time.monotonic()
+        may_read = self.may_read
         while queue and not conn.stalled:
             head = queue[0]
             if head.qos and len(self.outgoing) >= conn.send_window:
                 return
             queue.popleft()
             self.queued_bytes -= len(head.message.payload)
-            if head.message.expired(now):
+            denied = may_read is not None and not may_read(head.message.topic)
+            if denied or head.message.expired(now):
                 if self.store is not None:
                     self.store.remove_delivery(self, head)
+                if denied:
+                    self._count_denied(head)
                 continue
             if head.qos:
                 self._send_tracked(conn, head)

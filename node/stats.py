@@ -48,6 +48,8 @@ class Stats:
     bytes_received: int = 0
     bytes_sent: int = 0
     protocol_errors: int = 0
+    deliveries_denied: int = 0
+    """Messages not delivered to a subscriber because the ACL denies it the topic."""
     wills_published: int = 0
     retained_bytes: int = 0
     """Topic + payload bytes of every retained message, counted against max_retained_bytes."""

@@ -17,6 +17,7 @@ from .fanout import FanOut
 from .hooks import ClusterUnavailable, RouteKey
 from .packets import Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol import ClientProtocol, ProtocolViolation
+from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .session import Delivery, Subscription
 from .topics import parse_shared, topic_levels
@@ -27,9 +28,10 @@ log = logging.getLogger("raftmq.broker")
 class Subscriptions(NodePart):
     """Subscribe and unsubscribe for this node's clients."""
 
-    def __init__(self, node: NodeContext, fanout: FanOut) -> None:
+    def __init__(self, node: NodeContext, fanout: FanOut, read_rights: ReadRights | None) -> None:
         super().__init__(node)
         self.fanout = fanout
+        self.read_rights = read_rights
         self._route_refs: dict[RouteKey, int] = {}
         """Local subscribers per route: the route goes when its count reaches zero."""
 
@@ -83,6 +85,8 @@ class Subscriptions(NodePart):
                 problems.append(f"{full_filter!r}: cluster unavailable")
                 continue
             session.subscriptions[full_filter] = sub
+            if self.read_rights is not None:
+                self.read_rights.subscribed(session, client.username, topic_filter)
             if session.store is not None:
                 session.store.save_subscription(session, full_filter, sub)
             if self.extensions:

@@ -88,6 +88,7 @@ def sys_tree(
         "publish/messages/received": stats.messages_received,
         "publish/messages/sent": stats.messages_sent,
         "publish/messages/dropped": stats.messages_dropped,
+        "publish/messages/denied": stats.deliveries_denied,  # ours: the ACL's
         "publish/bytes/received": stats.message_bytes_received,
         "publish/bytes/sent": stats.message_bytes_sent,
         "bytes/received": stats.bytes_received,

@@ -26,7 +26,8 @@
 # A B C A B C ... so a burst of load elsewhere hurts every broker alike. Each
 # broker and each bench run is a process group of its own, recorded as it
 # starts; on exit, whatever happens, every recorded group still alive is killed.
-# $MOSQUITTO_CONF_EXTRA adds lines to Mosquitto's config, e.g. "set_tcp_nodelay true".
+# $MOSQUITTO_CONF_EXTRA adds lines to Mosquitto's config, e.g. "set_tcp_nodelay true";
+# $RAFTMQ_NODE_ARGS adds `raftmq node` options, e.g. "--acl-file /tmp/bench.acl".
 #
 # Exit status: 0 if every counted run was clean, 1 otherwise (a broker that
 # would not start makes its runs fail), 2 if something needed is missing.

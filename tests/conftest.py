@@ -38,7 +38,12 @@ MOSQUITTO_EQUIVALENTS = {
     "max_queued_messages": "max_queued_messages",
     "topic_alias_maximum": "max_topic_alias",
     "sys_interval": "sys_interval",
+    "password_file": "password_file",
+    "acl_file": "acl_file",
+    "allow_anonymous": "allow_anonymous",
 }
+MOSQUITTO_GLOBAL = {"password_file", "acl_file", "allow_anonymous"}
+"""Settings Mosquitto takes once for the whole broker (without per_listener_settings)."""
 
 
 @dataclass
@@ -106,6 +111,11 @@ def _toml_value(value: object) -> str:
     return str(value)
 
 
+def _mosquitto_value(value: object) -> str:
+    """A value as mosquitto.conf writes it: strings (paths) bare, the rest as in TOML."""
+    return value if isinstance(value, str) else _toml_value(value)
+
+
 def _pump_output(proc: subprocess.Popen[str], lines: list[str]) -> None:
     """Collect the broker's output so its pipe never fills and failures can show it."""
     assert proc.stdout is not None
@@ -119,10 +129,16 @@ def _start_raftmq(tmp: Path, config: dict[str, object]) -> RunningBroker:
     listen = config.pop("listen", ["tcp://127.0.0.1:0", "ws://127.0.0.1:0/mqtt"])
     body = {"listen": listen, "data_dir": str(data_dir), **config}
     config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in body.items()))
+    return run_node_on_file(config_file, data_dir, len(listen))  # type: ignore[arg-type]
+
+
+def run_node_on_file(config_file: Path, data_dir: Path, listeners: int) -> RunningBroker:
+    """`raftmq node --config FILE`, returned once it printed ``listeners`` listening lines
+    of different schemes; the caller stops it."""
     command = [RAFTMQ, "node", "--config", str(config_file)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     broker = RunningBroker(proc=proc, data_dir=data_dir, command=command)
-    _wait_listening(broker, expected=len(listen))  # type: ignore[arg-type]
+    _wait_listening(broker, expected=listeners)
     return broker
 
 
@@ -131,11 +147,17 @@ def _start_mosquitto(tmp: Path, config: dict[str, object]) -> RunningBroker:
     if unknown:
         pytest.skip(f"raftmq-only settings {sorted(unknown)} have no Mosquitto equivalent")
     port, ws_port = _free_port(), _free_port()
-    # Mosquitto applies some options (max_topic_alias...) per listener, so
-    # every setting follows each listener line.
-    settings = [f"{MOSQUITTO_EQUIVALENTS[k]} {_toml_value(v)}" for k, v in config.items()]
+    # Mosquitto applies some options (max_topic_alias...) per listener, so those
+    # follow each listener line; security files may be named once only, up front.
+    config.setdefault("allow_anonymous", True)
+    written = {k: f"{MOSQUITTO_EQUIVALENTS[k]} {_mosquitto_value(v)}" for k, v in config.items()}
+    once = [line for key, line in written.items() if key in MOSQUITTO_GLOBAL]
+    settings = [line for key, line in written.items() if key not in MOSQUITTO_GLOBAL]
     lines = [
-        "allow_anonymous true",
+        *once,
+        # As root Mosquitto would drop to the "mosquitto" user, which cannot read
+        # the files the test made in its private temporary directory.
+        "user root",
         "persistence false",
         f"listener {port} 127.0.0.1",
         *settings,
@@ -211,6 +233,33 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
         broker.stop()
     for tmp in tmp_dirs:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def node_on_file() -> Iterator[Callable[[Path], RunningBroker]]:
+    """Run `raftmq node --config FILE` on config files the test wrote; all stopped after.
+
+    The test owns the file's paths (data_dir included) and removes them.
+    """
+    from raftmq.node.config import load_config
+
+    started: list[RunningBroker] = []
+
+    def start(config_file: Path) -> RunningBroker:
+        config = load_config(config_file)
+        schemes = {address.scheme for address in config.listen}
+        started.append(run_node_on_file(config_file, Path(config.data_dir), len(schemes)))
+        return started[-1]
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A loopback TCP port nobody listens on right now."""
+    return _free_port
 
 
 @pytest.fixture

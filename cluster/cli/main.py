@@ -3,7 +3,7 @@
 Each subcommand is registered by one ``add_parser`` function (one module of
 this folder, or the bench's) that builds its parser and sets ``handler``;
 ``main`` only parses and dispatches, so new subcommands (``bench``, ``certs``,
-``passwd``, ``cluster ...``) touch nothing else. Handlers return the process
+``passwd``, ``cluster ...``, ``config ...``) touch nothing else. Handlers return the process
 exit code.
 """
 
@@ -17,6 +17,7 @@ from raftmq.node.config import ConfigError
 from ..tools.bench.cli import add_parser as add_bench_command
 from .certs import add_parser as add_certs_command
 from .cluster_up import add_parser as add_cluster_command
+from .config import add_parser as add_config_command
 from .node import add_parser as add_node_command
 from .passwd import add_parser as add_passwd_command
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_certs_command(commands)
     add_passwd_command(commands)
     add_cluster_command(commands)
+    add_config_command(commands)
     return parser
 
 

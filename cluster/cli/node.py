@@ -159,5 +159,7 @@ def reload_security_files(broker: "Broker") -> None:
             log.error("SIGHUP: kept the previous %s: %s", what, exc)
         else:
             log.info("SIGHUP: reloaded %s %s (%d entries)", what, part.path, len(part))
+            if part is broker.acl and broker.read_rights is not None:
+                broker.read_rights.reloaded()  # subscriptions made already follow the new rules
     if not any(part is not None for _, part in parts):
         log.info("SIGHUP: no password or ACL file to reload")

@@ -10,7 +10,7 @@ from raftmq.node.acl import Access, AccessControl, AclFileError, covers, overlap
 from raftmq.node.config import ConfigError
 
 EXAMPLE = """\
-# everyone
+# anonymous clients
 topic read $SYS/#
 topic read public/#
 pattern readwrite devices/%c/#
@@ -37,7 +37,7 @@ def acl(tmp_path: Path) -> AccessControl:
 
 def test_parse_sections() -> None:
     rules = parse_acl(EXAMPLE, "acl")
-    assert [(r.access, r.topic_filter) for r in rules.everyone] == [
+    assert [(r.access, r.topic_filter) for r in rules.anonymous] == [
         (Access.READ, "$SYS/#"),
         (Access.READ, "public/#"),
     ]
@@ -136,18 +136,19 @@ def test_overlaps(rule: str, subscription: str, expected: bool) -> None:
     assert overlaps(levels(subscription), levels(rule)) is expected
 
 
-def test_rules_for_everyone(acl: AccessControl) -> None:
-    for user in (None, "alice", "carol"):
-        assert acl.may_subscribe(user, "c1", "public/news/#")
-        assert acl.may_subscribe(user, "c1", "$SYS/broker/uptime")
-        assert not acl.may_publish(user, "c1", "public/news")
-        assert not acl.may_subscribe(user, "c1", "#")
+def test_lines_before_any_user_are_for_anonymous_clients(acl: AccessControl) -> None:
+    """As in Mosquitto; a pattern without %u or %c is how a rule reaches everyone."""
+    assert acl.may_subscribe(None, "c1", "public/news/#")
+    assert acl.may_subscribe(None, "c1", "$SYS/broker/uptime")
+    assert not acl.may_publish(None, "c1", "public/news")
+    for user in ("alice", "carol"):
+        assert not acl.may_subscribe(user, "c1", "public/news/#")
+    assert not acl.may_subscribe(None, "c1", "#")
 
 
 def test_rules_per_user(acl: AccessControl) -> None:
     assert acl.may_publish("alice", "c1", "alice/x")
     assert acl.may_subscribe("alice", "c1", "alice/public/+")
-    assert not acl.may_subscribe("alice", "c1", "alice/+")  # would match alice/secret
     assert acl.may_publish("alice", "c1", "shared/with spaces")
     assert not acl.may_subscribe("alice", "c1", "shared/with spaces")  # write only
     assert not acl.may_publish("bob", "c1", "alice/x")
@@ -162,9 +163,11 @@ def test_deny_wins(acl: AccessControl) -> None:
     assert not acl.may_publish("alice", "c1", "alice/secret")
     assert not acl.may_publish("alice", "c1", "alice/secret/deep")
     assert not acl.may_subscribe("alice", "c1", "alice/secret/#")
-    # alice/# could receive alice/secret/...: refused as a whole, never filtered per message.
-    assert not acl.may_subscribe("alice", "c1", "alice/#")
-    assert acl.may_subscribe("alice", "c1", "alice/public/#")
+    assert not acl.may_read("alice", "c1", "alice/secret/deep")
+    # alice/# could receive alice/secret/...: granted, and filtered message by message.
+    assert acl.may_subscribe("alice", "c1", "alice/#")
+    assert acl.may_subscribe("alice", "c1", "alice/+")
+    assert acl.may_read("alice", "c1", "alice/x")
 
 
 def test_patterns_per_client_id_and_user(acl: AccessControl) -> None:
@@ -184,8 +187,70 @@ def test_wildcards_in_names_deny_everything(acl: AccessControl) -> None:
     """A client id of '+' would otherwise turn devices/%c/# into devices/+/#."""
     assert not acl.may_subscribe(None, "+", "devices/+/#")
     assert not acl.may_publish(None, "#", "devices/#")
-    assert not acl.may_subscribe("al#ce", "c1", "public/#")
+    assert not acl.may_subscribe("al#ce", "c1", "alice/x")
     assert acl.may_subscribe(None, "c1", "public/#")
+
+
+BROAD = "pattern readwrite #\npattern deny secret/#\n"
+"""The most common shape: everything, bar one subtree (patterns reach every client)."""
+TWENTY = "".join(f"pattern read site/{n}/#\npattern deny site/{n}/private/#\n" for n in range(10))
+SEMANTICS = [
+    # (ACL file, filter, granted?, topics delivered, topics held back)
+    (BROAD, "#", True, ["a", "a/b", "secrets", "x/secret"], ["secret", "secret/x", "secret/x/y"]),
+    (BROAD, "+/x", True, ["a/x", "b/x"], ["secret/x"]),
+    (BROAD, "secret/#", False, [], []),
+    (BROAD, "secret/x", False, [], []),
+    (BROAD, "secret/+/y", False, [], []),
+    (BROAD, "public/#", True, ["public", "public/secret"], []),
+    (BROAD, "$SYS/#", False, [], []),  # '#' never reaches '$' topics
+    ("pattern read sensors/kitchen/#\n", "sensors/#", False, [], []),
+    ("pattern read sensors/kitchen/#\n", "sensors/kitchen/+", True, ["sensors/kitchen/t"], []),
+    ("pattern read a/+\n", "a/#", False, [], []),
+    ("pattern write a/#\n", "a/b", False, [], []),
+    ("pattern read devices/%c/#\n", "devices/c1/#", True, ["devices/c1/t"], []),
+    ("pattern read devices/%c/#\n", "devices/+/t", False, [], []),
+    (TWENTY, "site/3/#", True, ["site/3/x", "site/3/privat"], ["site/3/private/k"]),
+    (TWENTY, "site/+/private/#", False, [], []),
+    (TWENTY, "site/#", False, [], []),  # no rule covers all of site/
+]
+
+
+@pytest.mark.parametrize(("text", "topic_filter", "granted", "delivered", "held"), SEMANTICS)
+def test_semantics_table(
+    tmp_path: Path,
+    text: str,
+    topic_filter: str,
+    granted: bool,
+    delivered: list[str],
+    held: list[str],
+) -> None:
+    """The table in docs/security.md: what a SUBSCRIBE gets, and which messages then arrive."""
+    path = tmp_path / "acl"
+    path.write_text(text)
+    acl = AccessControl(str(path))
+    assert acl.may_subscribe("u", "c1", topic_filter) is granted
+    if not granted:
+        return
+    check = acl.read_check("u", "c1", [topic_filter])
+    assert (check is not None) is bool(held)  # a check only where a deny overlaps
+    for topic in delivered:
+        assert check is None or check(topic), topic
+    for topic in held:
+        assert check is not None and not check(topic), topic
+
+
+def test_read_check_follows_reload(tmp_path: Path) -> None:
+    path = tmp_path / "acl"
+    path.write_text("user u\ntopic read a/#\n")
+    acl = AccessControl(str(path))
+    assert acl.read_check("u", "c1", ["a/#"]) is None
+    path.write_text("user u\ntopic read a/#\ntopic deny a/b\n")
+    acl.reload()
+    check = acl.read_check("u", "c1", ["a/#"])
+    assert check is not None and check("a/c") and not check("a/b")
+    path.write_text("user u\ntopic read b/#\n")
+    acl.reload()
+    assert not check("a/c")  # a check made before the reload answers with the new rules
 
 
 def test_no_pattern_rules_no_wildcard_denial(tmp_path: Path) -> None:

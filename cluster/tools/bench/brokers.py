@@ -146,6 +146,8 @@ class Amqtt(BrokerKind):
 @dataclass(frozen=True, slots=True)
 class Raftmq(BrokerKind):
     executable: str = str(Path(sys.executable).parent / "raftmq")
+    extra_args: tuple[str, ...] = ()
+    """More `raftmq node` options, e.g. ("--acl-file", PATH) to measure what an ACL costs."""
 
     def command(self, port: int, workdir: Path) -> list[str]:
         return [
@@ -155,6 +157,7 @@ class Raftmq(BrokerKind):
             f"tcp://127.0.0.1:{port}",
             "--data-dir",
             str(workdir / "raftmq-data"),
+            *self.extra_args,
         ]
 
     def version(self) -> str:
@@ -164,7 +167,8 @@ class Raftmq(BrokerKind):
 
     @property
     def config(self) -> str:
-        return "`raftmq node` defaults (max_inflight 20, max_queued_messages 1000)"
+        extra = f" + `{' '.join(self.extra_args)}`" if self.extra_args else ""
+        return f"`raftmq node` defaults (max_inflight 20, max_queued_messages 1000){extra}"
 
 
 @dataclass(eq=False)

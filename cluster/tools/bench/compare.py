@@ -61,7 +61,11 @@ def make_brokers(names: Sequence[str], amqtt: str, slow_timeout: float) -> list[
             "mosquitto", FULL_TIMEOUT, extra_config=os.environ.get("MOSQUITTO_CONF_EXTRA", "")
         ),
         "amqtt": Amqtt("amqtt", slow_timeout, reducible=True, executable=amqtt),
-        "raftmq": Raftmq("raftmq", FULL_TIMEOUT),
+        "raftmq": Raftmq(
+            "raftmq",
+            FULL_TIMEOUT,
+            extra_args=tuple(shlex.split(os.environ.get("RAFTMQ_NODE_ARGS", ""))),
+        ),
     }
     return [kinds[name] for name in names]
 
