@@ -46,7 +46,7 @@ from .sessions import SessionRegistry
 from .stats import Stats
 from .store import SessionStore, make_store
 from .subscribing import Subscriptions
-from .sys_topics import SysPublisher
+from .sys_topics import Gauges, SysPublisher
 from .tls import build_server_context
 
 log = logging.getLogger("raftmq.broker")
@@ -102,7 +102,7 @@ class Broker:
         """``NodeEvents.deliver_forwarded``: a publish another node sent here."""
         self._servers: list[asyncio.Server] = []
         self._sys = SysPublisher(
-            config.sys_interval, self.stats, self._counts, self.publishing.publish_local
+            config.sys_interval, self.stats, self._gauges, self.publishing.publish_local
         )
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -191,13 +191,17 @@ class Broker:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _counts(self) -> dict[str, int]:
+    def _gauges(self) -> Gauges:
         """The figures $SYS reports that are not counters."""
-        return {
-            "sessions": len(self.sessions),
-            "retained": len(self.retained),
-            "subscriptions": len(self.subscriptions),
-        }
+        held_messages, held_bytes = self.sessions.held()
+        return Gauges(
+            sessions=len(self.sessions),
+            subscriptions=len(self.subscriptions),
+            shared_subscriptions=len(self.fanout.shared),
+            retained=len(self.retained),
+            held_messages=held_messages,
+            held_bytes=held_bytes,
+        )
 
     # -- ClientHandler (connection.py) ----------------------------------------
 
@@ -209,6 +213,7 @@ class Broker:
         deny clients over it the CONNACK that tells them why. So a tenth more
         sockets (at least 16) are let in to be told, and the rest are closed.
         """
+        self.stats.sockets_opened += 1
         limit = self.config.max_connections
         if len(self.clients) >= limit + max(16, limit // 10):
             self.stats.limits.connections += 1

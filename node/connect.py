@@ -137,8 +137,7 @@ class ConnectHandshake(NodePart):
 
         if self.read_rights is not None:  # before resume sends what the session kept
             self.read_rights.connected(session, client.username)
-        self.stats.clients_connected += 1
-        self.stats.connects += 1
+        self.stats.client_connected()
         client.accept(packet, granted, session, claim.epoch, session_present)
         client_log.connected(client, packet.clean_start, session_present)
         if session_present:

@@ -206,11 +206,13 @@ class ClientProtocol:
     def receive_data(self, data: bytes) -> list[Packet]:
         """Decode ``data`` into whole packets; raises ProtocolViolation on a malformed one."""
         try:
-            return self.decoder.feed(data)
+            packets = self.decoder.feed(data)
         except MQTTProtocolError as exc:
             if exc.reason_code == ReasonCode.PACKET_TOO_LARGE:
                 self.stats.limits.packet_size += 1
             raise ProtocolViolation(exc.reason_code, str(exc)) from None
+        self.stats.packets_received += len(packets)
+        return packets
 
     def check_order(self, packet: Packet) -> None:
         """Before CONNECTED, only a first CONNECT may come; after it, no second one."""
@@ -410,7 +412,13 @@ class ClientProtocol:
     # -- bytes out ------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue bytes; the driver writes everything queued in one loop turn at once."""
+        """Queue one control packet (not a PUBLISH: ``send_publish`` queues those).
+
+        The driver writes everything queued in one loop turn at once.
+        """
+        stats = self.stats
+        stats.control_packets_sent += 1
+        stats.bytes_sent += len(data)
         out = self.out
         if not out:
             self.link.output_ready()
@@ -432,9 +440,7 @@ class ClientProtocol:
     def send(self, packet: Packet) -> None:
         if self.state == CLOSED:
             return
-        data = encode(packet, self.protocol_level)
-        self.stats.bytes_sent += len(data)
-        self.write(data)
+        self.write(encode(packet, self.protocol_level))
 
     def send_pubrel(self, packet_id: int) -> None:
         self.send(Pubrel(packet_id))
@@ -462,6 +468,7 @@ class ClientProtocol:
         stats = self.stats
         stats.messages_sent += 1
         stats.bytes_sent += size
+        stats.message_bytes_sent += len(message.payload)
         out = self.out
         if not out:
             self.link.output_ready()

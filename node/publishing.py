@@ -62,6 +62,7 @@ class Publishing(NodePart):
             client_log.denied(client.client_id, client.username, "publish", topic)
             return self._refuse(client, packet)
         self.stats.messages_received += 1
+        self.stats.message_bytes_received += len(packet.payload)
         message = Message.create(
             topic, packet.payload, qos, packet.retain, packet.properties, client.client_id
         )

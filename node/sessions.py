@@ -42,6 +42,19 @@ class SessionRegistry(NodePart):
     def __len__(self) -> int:
         return len(self.by_client)
 
+    def held(self) -> tuple[int, int]:
+        """(messages, payload bytes) the sessions hold, queued or in flight: $SYS's store figures.
+
+        Walks every session, so it is for once per ``sys_interval``, not the hot path.
+        """
+        messages = payload = 0
+        for session in self.by_client.values():
+            outgoing = session.outgoing
+            messages += len(session.queue) + len(outgoing)
+            payload += session.queued_bytes
+            payload += sum(len(sent.delivery.message.payload) for sent in outgoing.values())
+        return messages, payload
+
     def get(self, client_id: str) -> Session | None:
         return self.by_client.get(client_id)
 
@@ -96,9 +109,14 @@ class SessionRegistry(NodePart):
     def expire_in(self, session: Session, delay: float, release_epoch: int | None = None) -> None:
         """End ``session`` after ``delay`` seconds unless its client comes back."""
         session.expiry_handle = asyncio.get_running_loop().call_later(
-            delay, self.end, session, release_epoch
+            delay, self._expired, session, release_epoch
         )
         session.expires_at = time.time() + delay
+
+    def _expired(self, session: Session, release_epoch: int | None) -> None:
+        """Its expiry interval passed with the client away: counted for $SYS clients/expired."""
+        self.stats.clients_expired += 1
+        self.end(session, release_epoch)
 
     @staticmethod
     def stop_timers(session: Session) -> None:
