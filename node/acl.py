@@ -28,8 +28,8 @@ The decisions, as Mosquitto makes them:
 - A deny that only overlaps a granted filter (``deny secret/#`` under a
   subscription to ``#``) does not refuse it: each message delivered on it is
   checked against the client's read rights for the message's topic instead
-  (``read_check``). The check is needed only for such filters, so clients
-  whose filters no deny touches pay nothing per message.
+  (``ClientRights.may_read``). The check is needed only for such filters, so
+  clients whose filters no deny touches pay nothing per message.
 
 A client whose user name or client id contains ``+`` or ``#`` is denied
 everything while pattern rules exist: substituting it would turn a name into a
@@ -38,17 +38,18 @@ wildcard (Mosquitto does the same).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntFlag
-from functools import partial
 
 from .config import ConfigError
 from .files import read_text
 from .topics import split_levels
 
-DECISION_CACHE_SIZE = 65_536
-"""Decisions remembered per (client, topic); the cache starts over when full."""
+DECISION_CACHE_SIZE = 4096
+"""Decisions remembered per client (and clients remembered beyond those connected);
+each cache starts over when full."""
 
 
 class Access(IntFlag):
@@ -66,10 +67,6 @@ _ACCESS_WORDS = {
 }
 _SUBSTITUTIONS = ("%u", "%c")
 _WILDCARD_CHARS = ("+", "#")
-
-
-ReadCheck = Callable[[str], bool]
-"""Whether one client may receive a message on this topic (``AccessControl.read_check``)."""
 
 
 class AclFileError(ConfigError):
@@ -232,89 +229,55 @@ class _ClientRules:
 class AccessControl:
     """Answers "may this client publish, subscribe, receive this?" from an ACL file.
 
-    Decisions are cached per (user, client id, topic) because a client
-    publishes to, and receives on, the same few topics over and over;
-    ``reload`` (SIGHUP) replaces the rules and drops every cached decision, so
-    new operations see the new file at once (``read_rights`` re-checks the
-    subscriptions already made).
+    The answers come from one ``ClientRights`` per (user, client id), which
+    caches them per topic: a client publishes to, and receives on, the same
+    few topics over and over. ``reload`` (SIGHUP) replaces the rules and
+    refreshes every ``ClientRights`` still in use, so new operations see the
+    new file at once (``read_rights`` re-checks the subscriptions made).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.rules = self._read()
-        self._clients: dict[tuple[str | None, str], _ClientRules] = {}
-        self._decisions: dict[tuple[bool, str | None, str, str], bool] = {}
+        self._clients: dict[tuple[str | None, str], ClientRights] = {}
+        """Recently asked for, so that the same client's next connection reuses them."""
+        self._live: weakref.WeakSet[ClientRights] = weakref.WeakSet()
+        """Every ClientRights anyone still holds: refreshed on reload."""
 
     def _read(self) -> AclRules:
         return parse_acl(read_text(self.path, "ACL file", AclFileError), self.path)
 
     def reload(self) -> None:
         """Read the file again; on any error the rules loaded before stay in force."""
-        rules = self._read()
-        self.rules = rules
-        self._clients = {}
-        self._decisions = {}
+        self.rules = self._read()
+        for rights in list(self._live):  # the recently asked for among them
+            rights.refresh()
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def may_publish(self, username: str | None, client_id: str, topic: str) -> bool:
-        return self._allowed(True, username, client_id, topic)
-
-    def may_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
-        """Granted when a read rule covers the whole filter and no deny rule does."""
-        return self._allowed(False, username, client_id, topic_filter)
-
-    def may_read(self, username: str | None, client_id: str, topic: str) -> bool:
-        """Whether a message on ``topic`` may be delivered to this client.
-
-        For a topic name "covers" is plain matching, so this is the SUBSCRIBE
-        decision for a filter without wildcards, and shares its cache entries.
-        """
-        return self._allowed(False, username, client_id, topic)
-
-    def read_check(
-        self, username: str | None, client_id: str, topic_filters: Iterable[str]
-    ) -> ReadCheck | None:
-        """The per-message check a client's deliveries need, or None when none do.
-
-        None when every filter is clean: covered by a read grant and touched by
-        no deny rule, so every topic it matches is readable. Otherwise the
-        check is ``may_read`` for this client, cached like every decision.
-        """
-        rules = self._rules_for(username, client_id)
-        if all(_clean(rules, tuple(split_levels(f))) for f in topic_filters):
-            return None
-        return partial(self._allowed, False, username, client_id)
-
-    def _allowed(self, publish: bool, username: str | None, client_id: str, topic: str) -> bool:
-        # A bool, not an Access, in the key and the call: on a cache hit (every
-        # PUBLISH but the first per topic) an enum member lookup would cost more
-        # than the rest of the check.
-        key = (publish, username, client_id, topic)
-        decision = self._decisions.get(key)
-        if decision is None:
-            wanted = Access.WRITE if publish else Access.READ
-            decision = self._decide(username, client_id, topic, wanted)
-            if len(self._decisions) >= DECISION_CACHE_SIZE:
-                self._decisions = {}
-            self._decisions[key] = decision
-        return decision
-
-    def _decide(self, username: str | None, client_id: str, topic: str, wanted: Access) -> bool:
-        rules = self._rules_for(username, client_id)
-        if rules.deny_all:
-            return False
-        levels = tuple(split_levels(topic))
-        if any(covers(denied, levels) for denied in rules.denies):
-            return False
-        return any(access & wanted and covers(grant, levels) for access, grant in rules.grants)
-
-    def _rules_for(self, username: str | None, client_id: str) -> _ClientRules:
+    def rights_for(self, username: str | None, client_id: str) -> ClientRights:
+        """The decisions of one client, which its connection keeps for the hot path."""
         key = (username, client_id)
         found = self._clients.get(key)
-        if found is not None:
-            return found
+        if found is None:
+            if len(self._clients) >= DECISION_CACHE_SIZE:
+                self._clients = {}
+            found = self._clients[key] = ClientRights(self, username, client_id)
+            self._live.add(found)
+        return found
+
+    def may_publish(self, username: str | None, client_id: str, topic: str) -> bool:
+        return self.rights_for(username, client_id).may_publish(topic)
+
+    def may_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
+        return self.rights_for(username, client_id).may_subscribe(topic_filter)
+
+    def may_read(self, username: str | None, client_id: str, topic: str) -> bool:
+        return self.rights_for(username, client_id).may_read(topic)
+
+    def client_rules(self, username: str | None, client_id: str) -> _ClientRules:
+        """The rules that apply to this client, substituted and split."""
         rules = self.rules
         applicable = list(rules.anonymous if username is None else rules.per_user.get(username, ()))
         dangerous = any(c in name for name in (username or "", client_id) for c in _WILDCARD_CHARS)
@@ -323,7 +286,7 @@ class AccessControl:
                 continue
             topic_filter = rule.topic_filter.replace("%u", username or "").replace("%c", client_id)
             applicable.append(Rule(rule.access, topic_filter, False, rule.line))
-        found = _ClientRules(
+        return _ClientRules(
             grants=tuple(
                 (rule.access, tuple(split_levels(rule.topic_filter)))
                 for rule in applicable
@@ -336,10 +299,70 @@ class AccessControl:
             ),
             deny_all=dangerous and bool(rules.patterns),
         )
-        if len(self._clients) >= DECISION_CACHE_SIZE:
-            self._clients = {}
-        self._clients[key] = found
-        return found
+
+
+class ClientRights:
+    """One client's rights, with its decisions cached per topic.
+
+    The hot paths read ``writes`` and ``reads`` directly, one dict lookup per
+    PUBLISH and per delivery, and call ``may_publish``/``may_read`` only on a
+    miss. ``reads`` holds SUBSCRIBE decisions too: a filter without
+    wildcards is judged exactly like a topic a message arrives on, and one
+    with them is never a message topic, so the two never disagree.
+    """
+
+    __slots__ = ("__weakref__", "acl", "client_id", "reads", "rules", "username", "writes")
+
+    def __init__(self, acl: AccessControl, username: str | None, client_id: str) -> None:
+        self.acl = acl
+        self.username = username
+        self.client_id = client_id
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The ACL changed: apply its rules from now on, forgetting every decision."""
+        self.rules = self.acl.client_rules(self.username, self.client_id)
+        self.writes: dict[str, bool] = {}
+        self.reads: dict[str, bool] = {}
+
+    def may_publish(self, topic: str) -> bool:
+        allowed = self.writes.get(topic)
+        if allowed is None:
+            allowed = self._remember(self.writes, topic, self._decide(topic, Access.WRITE))
+        return allowed
+
+    def may_read(self, topic: str) -> bool:
+        """Whether a message on ``topic`` may be delivered to this client."""
+        allowed = self.reads.get(topic)
+        if allowed is None:
+            allowed = self._remember(self.reads, topic, self._decide(topic, Access.READ))
+        return allowed
+
+    def may_subscribe(self, topic_filter: str) -> bool:
+        """Granted when a read rule covers the whole filter and no deny rule does."""
+        return self.may_read(topic_filter)
+
+    def clean(self, topic_filters: Iterable[str]) -> bool:
+        """Whether every topic these filters match is readable, so that no message on
+        them needs a check: each is covered by a read grant and touched by no deny."""
+        rules = self.rules
+        return all(_clean(rules, tuple(split_levels(f))) for f in topic_filters)
+
+    def _decide(self, topic: str, wanted: Access) -> bool:
+        rules = self.rules
+        if rules.deny_all:
+            return False
+        levels = tuple(split_levels(topic))
+        if any(covers(denied, levels) for denied in rules.denies):
+            return False
+        return any(access & wanted and covers(grant, levels) for access, grant in rules.grants)
+
+    @staticmethod
+    def _remember(cache: dict[str, bool], topic: str, decision: bool) -> bool:
+        if len(cache) >= DECISION_CACHE_SIZE:
+            cache.clear()
+        cache[topic] = decision
+        return decision
 
 
 def _clean(rules: _ClientRules, topic_filter: Levels) -> bool:

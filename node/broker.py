@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 
-from . import client_log
+from . import client_log, read_rights
 from .acl import AccessControl
 from .auth import Authenticator
 from .background import Background
@@ -38,7 +38,6 @@ from .migration import SessionMigration
 from .packets import Connect, Subscribe, Unsubscribe, Will
 from .protocol import ClientProtocol, Work
 from .publishing import Publishing
-from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .retained import RetainedStore
 from .session import Session
@@ -85,16 +84,12 @@ class Broker:
             self.extensions,
         )
         by_client: dict[str, Session] = {}
-        self.read_rights = ReadRights(self.acl, by_client) if self.acl is not None else None
-        """Per-message ACL checks on deliveries, where a deny rule calls for them."""
         self.fanout = FanOut(by_client, self.extensions)
-        self.subscriptions = Subscriptions(node, self.fanout, self.read_rights)
+        self.subscriptions = Subscriptions(node, self.fanout)
         self.publishing = Publishing(node, self.fanout)
         self.sessions = SessionRegistry(node, by_client, self.subscriptions, self.publishing)
         self.migration = SessionMigration(node, self.sessions, self.subscriptions)
-        self.connect = ConnectHandshake(
-            node, self.auth, self.sessions, self.migration, self.read_rights
-        )
+        self.connect = ConnectHandshake(node, self.auth, self.sessions, self.migration)
         # The two hot entries go straight to their part, without a call through here.
         self.handle_publish = self.publishing.handle_publish
         """``ClientHandler.handle_publish``: a client's PUBLISH."""
@@ -190,6 +185,15 @@ class Broker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def reload_acl(self) -> None:
+        """SIGHUP: read the ACL file again, and apply it to the subscriptions already made.
+
+        Raises ConfigError (naming the file and line) with the old rules still in force.
+        """
+        if self.acl is not None:
+            self.acl.reload()
+            read_rights.after_reload(self.sessions.by_client.values())
 
     def _gauges(self) -> Gauges:
         """The figures $SYS reports that are not counters."""

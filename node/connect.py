@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 
-from . import client_log
+from . import client_log, read_rights
 from .auth import Authenticator
 from .config import TLS_SCHEMES
 from .context import NodeContext, NodePart
@@ -19,7 +19,6 @@ from .hooks import ClusterUnavailable
 from .migration import SessionMigration
 from .packets import Connect
 from .protocol import CLOSED, ClientProtocol, Disconnected
-from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .sessions import SessionRegistry
 from .topics import topic_levels
@@ -39,13 +38,11 @@ class ConnectHandshake(NodePart):
         auth: Authenticator,
         sessions: SessionRegistry,
         migration: SessionMigration,
-        read_rights: ReadRights | None,
     ) -> None:
         super().__init__(node)
         self.auth = auth
         self.sessions = sessions
         self.migration = migration
-        self.read_rights = read_rights
 
     async def handle_connect(self, client: ClientProtocol, packet: Connect) -> None:
         """Connect the client, or refuse it; either way with one log line (``client_log``)."""
@@ -82,12 +79,10 @@ class ConnectHandshake(NodePart):
         if will is not None and topic_levels(will.topic) > cfg.max_topic_levels:
             limits.topic_levels += 1
             client.refuse(ReasonCode.TOPIC_NAME_INVALID)
-        if (
-            will is not None
-            and self.acl is not None
-            and not self.acl.may_publish(client.username, client_id, will.topic)
-        ):
-            client.refuse(ReasonCode.NOT_AUTHORIZED)
+        if self.acl is not None:
+            client.rights = self.acl.rights_for(client.username, client_id)
+            if will is not None and not client.rights.may_publish(will.topic):
+                client.refuse(ReasonCode.NOT_AUTHORIZED)
         try:
             claim = await self.hooks.claim_client(
                 client_id,
@@ -135,8 +130,8 @@ class ConnectHandshake(NodePart):
         if transfer is not None and session.store is not None:
             self.migration.journal_transferred(session)
 
-        if self.read_rights is not None:  # before resume sends what the session kept
-            self.read_rights.connected(session, client.username)
+        if client.rights is not None:  # before resume sends what the session kept
+            read_rights.on_connect(session, client.rights)
         self.stats.client_connected()
         client.accept(packet, granted, session, claim.epoch, session_present)
         client_log.connected(client, packet.clean_start, session_present)

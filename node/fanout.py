@@ -154,8 +154,8 @@ class FanOut:
                 session = sessions.get(members[index][0])
                 if session is None or session.connection is None:
                     return False
-                may_read = session.may_read
-                return may_read is None or may_read(topic)
+                read_filter = session.read_filter
+                return read_filter is None or read_filter.may_read(topic)
 
             client_id, sub = members[self._turns.pick(key, len(members), usable)]
             delivered += self._deliver_one(message, client_id, sub, publisher)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .acl import ClientRights
 from .codec import Decoder, encode
 from .encoders import encode_publish_parts
 from .packets import (
@@ -154,6 +155,7 @@ class ClientProtocol:
         "peer",
         "problem_info",
         "protocol_level",
+        "rights",
         "send_window",
         "session",
         "stalled",
@@ -176,6 +178,8 @@ class ClientProtocol:
         self.client_id = ""
         self.username: str | None = None
         """Who authenticated (password or TLS certificate); None for anonymous clients."""
+        self.rights: ClientRights | None = None
+        """What the ACL lets this client do, once it has a client id; None without an ACL."""
         self.session: Session | None = None
         self.epoch = 0
         self.keepalive = 0

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .acl import ClientRights
 from .message import Message
 from .packets import Will
 from .stats import Stats
@@ -70,8 +70,8 @@ class Outbox(Protocol):
     """The client reads nothing: deliveries queue instead."""
     epoch: int
     """The cluster claim the connection holds for the client id."""
-    username: str | None
-    """Who logged in on it: the ACL's subject for what the session receives."""
+    rights: ClientRights | None
+    """What the ACL lets its client do; None without an ACL."""
     awaiting_commit: bool
     """Its output waits for the store's commit (``store.SessionStore.hold``)."""
     write_paused: bool
@@ -141,7 +141,6 @@ class Session:
         "incoming_qos2",
         "max_queued",
         "max_queued_bytes",
-        "may_read",
         "next_packet_id",
         "next_seq",
         "outgoing",
@@ -149,6 +148,7 @@ class Session:
         "queue",
         "queue_qos0",
         "queued_bytes",
+        "read_filter",
         "stats",
         "store",
         "subscriptions",
@@ -196,7 +196,7 @@ class Session:
         """Payload bytes in ``queue``, bounded by max_queued_bytes (0: unbounded)."""
         self.stats = stats if stats is not None else Stats()
         """Where this session counts the messages it drops (the node's Stats)."""
-        self.may_read: Callable[[str], bool] | None = None
+        self.read_filter: ClientRights | None = None
         """The ACL's per-message check on what this client receives (``read_rights``);
         None when none is needed. Applied again as queued messages go out, so a
         queue filled while the client was away is judged by its rights now."""
@@ -212,10 +212,15 @@ class Session:
         backpressure on the publishers bounds that buffer. Only a stalled one
         (see the driver's hold, connection.py) makes messages queue here.
         """
-        may_read = self.may_read
-        if may_read is not None and not may_read(delivery.message.topic):
-            self._count_denied(delivery)
-            return False
+        read_filter = self.read_filter
+        if read_filter is not None:  # the cached decision inline: this runs per delivery
+            topic = delivery.message.topic
+            allowed = read_filter.reads.get(topic)
+            if allowed is None:
+                allowed = read_filter.may_read(topic)
+            if not allowed:
+                self._count_denied(delivery)
+                return False
         conn = self.connection
         if conn is not None and not conn.stalled and not self.queue:
             if delivery.qos == 0:
@@ -340,14 +345,14 @@ class Session:
         if conn is None:
             return
         now = time.monotonic()
-        may_read = self.may_read
+        read_filter = self.read_filter
         while queue and not conn.stalled:
             head = queue[0]
             if head.qos and len(self.outgoing) >= conn.send_window:
                 return
             queue.popleft()
             self.queued_bytes -= len(head.message.payload)
-            denied = may_read is not None and not may_read(head.message.topic)
+            denied = read_filter is not None and not read_filter.may_read(head.message.topic)
             if denied or head.message.expired(now):
                 if self.store is not None:
                     self.store.remove_delivery(self, head)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
-from . import client_log
+from . import client_log, read_rights
 from .context import NodeContext, NodePart
 from .fanout import FanOut
 from .hooks import ClusterUnavailable, RouteKey
 from .packets import Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol import ClientProtocol, ProtocolViolation
-from .read_rights import ReadRights
 from .reason_codes import ReasonCode
 from .session import Delivery, Subscription
 from .topics import parse_shared, topic_levels
@@ -29,10 +28,9 @@ log = logging.getLogger("raftmq.broker")
 class Subscriptions(NodePart):
     """Subscribe and unsubscribe for this node's clients."""
 
-    def __init__(self, node: NodeContext, fanout: FanOut, read_rights: ReadRights | None) -> None:
+    def __init__(self, node: NodeContext, fanout: FanOut) -> None:
         super().__init__(node)
         self.fanout = fanout
-        self.read_rights = read_rights
         self._route_refs: dict[RouteKey, int] = {}
         """Local subscribers per route: the route goes when its count reaches zero."""
 
@@ -58,10 +56,8 @@ class Subscriptions(NodePart):
                 problems.append(f"{full_filter!r} has more than {cfg.max_topic_levels} levels")
                 continue
             group, topic_filter = shared if shared is not None else (None, full_filter)
-            acl = self.acl
-            if acl is not None and not acl.may_subscribe(
-                client.username, session.client_id, topic_filter
-            ):
+            rights = client.rights
+            if rights is not None and not rights.may_subscribe(topic_filter):
                 client_log.denied(session.client_id, client.username, "subscribe", full_filter)
                 codes.append(ReasonCode.NOT_AUTHORIZED if level == 5 else 0x80)
                 problems.append(f"{full_filter!r}: not authorized")
@@ -87,8 +83,8 @@ class Subscriptions(NodePart):
                 problems.append(f"{full_filter!r}: cluster unavailable")
                 continue
             session.subscriptions[full_filter] = sub
-            if self.read_rights is not None:
-                self.read_rights.subscribed(session, client.username, topic_filter)
+            if rights is not None:
+                read_rights.on_subscribe(session, rights, topic_filter)
             if session.store is not None:
                 session.store.save_subscription(session, full_filter, sub)
             if self.extensions:

@@ -149,17 +149,18 @@ def reload_security_files(broker: "Broker") -> None:
     Each file is reloaded on its own, all or nothing: a file with an error
     keeps its previous contents in force, and the error is logged.
     """
-    parts = [("password file", broker.auth.passwords), ("ACL file", broker.acl)]
-    for what, part in parts:
+    parts = [
+        ("password file", broker.auth.passwords, broker.auth.reload),
+        ("ACL file", broker.acl, broker.reload_acl),  # subscriptions made follow it too
+    ]
+    for what, part, reload in parts:
         if part is None:
             continue
         try:
-            part.reload()
+            reload()
         except ConfigError as exc:
             log.error("SIGHUP: kept the previous %s: %s", what, exc)
         else:
             log.info("SIGHUP: reloaded %s %s (%d entries)", what, part.path, len(part))
-            if part is broker.acl and broker.read_rights is not None:
-                broker.read_rights.reloaded()  # subscriptions made already follow the new rules
-    if not any(part is not None for _, part in parts):
+    if not any(part is not None for _, part, _ in parts):
         log.info("SIGHUP: no password or ACL file to reload")

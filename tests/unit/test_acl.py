@@ -231,26 +231,28 @@ def test_semantics_table(
     assert acl.may_subscribe("u", "c1", topic_filter) is granted
     if not granted:
         return
-    check = acl.read_check("u", "c1", [topic_filter])
-    assert (check is not None) is bool(held)  # a check only where a deny overlaps
+    rights = acl.rights_for("u", "c1")
+    assert rights.clean([topic_filter]) is not held  # a check only where a deny overlaps
     for topic in delivered:
-        assert check is None or check(topic), topic
+        assert rights.may_read(topic), topic
     for topic in held:
-        assert check is not None and not check(topic), topic
+        assert not rights.may_read(topic), topic
 
 
-def test_read_check_follows_reload(tmp_path: Path) -> None:
+def test_rights_held_across_a_reload_follow_the_new_rules(tmp_path: Path) -> None:
     path = tmp_path / "acl"
     path.write_text("user u\ntopic read a/#\n")
     acl = AccessControl(str(path))
-    assert acl.read_check("u", "c1", ["a/#"]) is None
+    rights = acl.rights_for("u", "c1")  # as a connection holds them
+    assert rights.clean(["a/#"]) and rights.may_read("a/b")
     path.write_text("user u\ntopic read a/#\ntopic deny a/b\n")
     acl.reload()
-    check = acl.read_check("u", "c1", ["a/#"])
-    assert check is not None and check("a/c") and not check("a/b")
+    assert not rights.clean(["a/#"])
+    assert rights.may_read("a/c") and not rights.may_read("a/b")
     path.write_text("user u\ntopic read b/#\n")
     acl.reload()
-    assert not check("a/c")  # a check made before the reload answers with the new rules
+    assert not rights.may_read("a/c")
+    assert acl.rights_for("u", "c1") is rights
 
 
 def test_no_pattern_rules_no_wildcard_denial(tmp_path: Path) -> None:
@@ -278,5 +280,5 @@ def test_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch, acl: AccessC
     for i in range(100):
         assert acl.may_publish("bob", "c1", f"bob/{i}")
         assert not acl.may_publish("bob", f"c{i}", f"carol/{i}")
-    assert len(acl._decisions) <= 10
+    assert len(acl.rights_for("bob", "c1").writes) <= 10
     assert len(acl._clients) <= 10
