@@ -19,6 +19,7 @@ from .hooks import ClusterUnavailable, RouteKey
 from .packets import Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol import ClientProtocol, ProtocolViolation
 from .reason_codes import ReasonCode
+from .routes import LocalRoutes
 from .session import Delivery, Subscription
 from .topics import parse_shared, topic_levels
 
@@ -31,8 +32,8 @@ class Subscriptions(NodePart):
     def __init__(self, node: NodeContext, fanout: FanOut) -> None:
         super().__init__(node)
         self.fanout = fanout
-        self._route_refs: dict[RouteKey, int] = {}
-        """Local subscribers per route: the route goes when its count reaches zero."""
+        self.routes = LocalRoutes(self.hooks, self.background)
+        """Local subscribers per route (``routes.py``): the last one gone removes it."""
 
     async def handle_subscribe(self, client: ClientProtocol, packet: Subscribe) -> None:
         session = client.session
@@ -135,18 +136,16 @@ class Subscriptions(NodePart):
         client.send(Unsuback(packet.packet_id, codes))
 
     async def add(self, client_id: str, sub: Subscription) -> None:
-        """Enter ``sub`` in the local index, routing it in the cluster first if it is new here."""
+        """Enter ``sub`` in the local index once this node's route for it is committed."""
         key = RouteKey(sub.share_group, sub.topic_filter)
-        refs = self._route_refs.get(key, 0)
-        if refs == 0:
-            await self.hooks.add_route(sub.share_group, sub.topic_filter)
+        await self.routes.acquire(key)
         fanout = self.fanout
         if sub.share_group is None:
             added = fanout.subscriptions.add(sub.topic_filter, client_id, sub)
         else:
             added = fanout.shared.add(sub.topic_filter, (sub.share_group, client_id), sub)
-        if added:
-            self._route_refs[key] = refs + 1
+        if not added:  # it replaced this client's subscription, counted already
+            self.routes.release(key)
 
     def remove(self, client_id: str, sub: Subscription) -> None:
         fanout = self.fanout
@@ -154,15 +153,8 @@ class Subscriptions(NodePart):
             removed = fanout.subscriptions.remove(sub.topic_filter, client_id)
         else:
             removed = fanout.shared.remove(sub.topic_filter, (sub.share_group, client_id))
-        if not removed:
-            return
-        key = RouteKey(sub.share_group, sub.topic_filter)
-        refs = self._route_refs[key] - 1
-        if refs:
-            self._route_refs[key] = refs
-        else:
-            del self._route_refs[key]
-            self.background.run(self.hooks.remove_route(sub.share_group, sub.topic_filter))
+        if removed:
+            self.routes.release(RouteKey(sub.share_group, sub.topic_filter))
 
     def __len__(self) -> int:
         """How many subscriptions this node holds, plain and shared."""
