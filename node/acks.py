@@ -95,8 +95,18 @@ class OrderedAcks:
             self._sending = False
 
     def _abandon(self) -> None:
-        """The connection ends: what it was owed will never be sent."""
+        """The connection ends: what it was owed will never be sent.
+
+        The waits still queued are not awaited by anyone now; their outcome
+        (often the same ClusterUnavailable) is taken here, or asyncio would log
+        "exception was never retrieved" for each of them.
+        """
         self._conn.pending_done(len(self._entries))
+        for pending, _ in self._entries:
+            if asyncio.isfuture(pending):
+                pending.add_done_callback(_outcome_taken)
+            elif asyncio.iscoroutine(pending):
+                pending.close()
         self._entries.clear()
         self._wake()
 
@@ -111,3 +121,9 @@ class OrderedAcks:
             if self._room is None:
                 self._room = asyncio.get_running_loop().create_future()
             await self._room
+
+
+def _outcome_taken(future: asyncio.Future[None]) -> None:
+    """Retrieve an abandoned wait's outcome: the connection it was for is gone."""
+    if not future.cancelled():
+        future.exception()
