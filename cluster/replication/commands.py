@@ -128,6 +128,18 @@ class ClaimClient(_Compact):
     clean_start: bool = True
     expiry_interval: int = 0
     will: WillRecord | None = None
+    seen_epoch: int | None = None
+    """The client's owner epoch the claimer had applied when it submitted (0: no owner).
+
+    The claim takes effect only if that is still the owner's epoch when it
+    commits: a claim whose CONNECT gave up and that commits late, after the
+    client connected elsewhere, then changes nothing (issue 11). None: no fence.
+    """
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        # Without a fence, the five fields of the entries written before it existed.
+        values = (self.client_id, self.node_id, self.clean_start, self.expiry_interval, self.will)
+        return (type(self), values if self.seen_epoch is None else (*values, self.seen_epoch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +147,13 @@ class ReleaseClient(_Compact):
     client_id: str
     node_id: str
     epoch: int
+    keep_session: bool = False
+    """Give the client id back but keep its persistent session for its next CONNECT:
+    a claim that committed after its CONNECT gave up (the client never got it)."""
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        values = (self.client_id, self.node_id, self.epoch)
+        return (type(self), (*values, True) if self.keep_session else values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +227,14 @@ class ClaimResult:
     session: SessionRecord | None
     """The persistent session the client resumes (as it was before this claim), or None:
     none existed, or the claim was a clean start."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFenced:
+    """A claim that found another owner epoch than the one its claimer saw: no effect."""
+
+    owner_epoch: int
+    """The client's owner epoch now (0: no owner), for the claimer's next attempt."""
 
 
 @dataclass(frozen=True, slots=True)

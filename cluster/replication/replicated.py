@@ -50,6 +50,7 @@ from .commands import (
     AddRoute,
     AddSessionSubscriptions,
     ClaimClient,
+    ClaimFenced,
     ClaimResult,
     NodeDown,
     NodeDownResult,
@@ -81,6 +82,9 @@ log = logging.getLogger("raftmq.cluster")
 
 DEFAULT_PLAN_CACHE_SIZE = 65_536
 ANNOUNCE_RETRY = 1.0
+CLAIM_ATTEMPTS = 3
+"""A CONNECT's claim is retried when fenced (another claim of the client came
+first); after this many the client is told "server unavailable"."""
 
 
 class Peers(Protocol):
@@ -231,8 +235,23 @@ class RaftCluster:
         will: Will | None = None,
     ) -> Claim:
         record = None if will is None else will_record(will)
-        command = ClaimClient(client_id, self.node_id, clean_start, expiry_interval, record)
-        result = await self.raft.submit(command)
+        for _ in range(CLAIM_ATTEMPTS):
+            # Fenced by the owner epoch applied here: should the commit come only
+            # after this CONNECT gave up, and after the client connected elsewhere,
+            # it changes nothing (no kick, no session taken, nothing to release).
+            owner = self.state.owners.get(client_id)
+            seen = 0 if owner is None else owner.epoch
+            command = ClaimClient(
+                client_id, self.node_id, clean_start, expiry_interval, record, seen
+            )
+            result = await self.raft.submit(command)
+            if not isinstance(result, ClaimFenced):
+                break
+            # Another claim came first; this node has applied it by now: try again.
+        else:
+            raise ClusterUnavailable(
+                f"client {client_id!r} was claimed elsewhere {CLAIM_ATTEMPTS} times meanwhile"
+            )
         assert isinstance(result, ClaimResult)
         owner = self.state.owners.get(client_id)
         if owner is None or owner.epoch != result.epoch:
@@ -412,8 +431,10 @@ class RaftCluster:
                 self._replayed.add(client_id)
         elif applied.orphaned:
             # Our CONNECT gave up on this claim (timeout) but it committed anyway:
-            # give the client id back rather than own a client nobody serves.
-            release = ReleaseClient(client_id, self.node_id, result.epoch)
+            # give the client id back rather than own a client nobody serves, and
+            # keep its session for the CONNECT that comes next (the client never
+            # heard of this one).
+            release = ReleaseClient(client_id, self.node_id, result.epoch, keep_session=True)
             self._tasks.run(self.raft.submit(release))
 
     def _surrender(self, command: ClaimClient, result: ClaimResult) -> None:

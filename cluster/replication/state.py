@@ -25,6 +25,7 @@ from raftmq.node.topics import TopicIndex, parse_shared
 
 from . import commands
 from .commands import (
+    ClaimFenced,
     ClaimResult,
     NodeDownResult,
     Owner,
@@ -102,11 +103,14 @@ class ClusterState:
         self.members = tuple(sorted(set(cmd.members)))
         self.down &= set(self.members)
 
-    def _claim(self, cmd: commands.ClaimClient) -> ClaimResult:
+    def _claim(self, cmd: commands.ClaimClient) -> ClaimResult | ClaimFenced:
         client_id = cmd.client_id
+        previous = self.owners.get(client_id)
+        owner_epoch = 0 if previous is None else previous.epoch
+        if cmd.seen_epoch is not None and cmd.seen_epoch != owner_epoch:
+            return ClaimFenced(owner_epoch)
         epoch = self.next_epoch
         self.next_epoch += 1
-        previous = self.owners.get(client_id)
         self.owners[client_id] = Owner(cmd.node_id, epoch)
         # The previous connection's will is its old node's business now (it
         # publishes it, or not, as the connection ends there).
@@ -133,7 +137,8 @@ class ClusterState:
             return False
         del self.owners[cmd.client_id]
         self.wills.pop(cmd.client_id, None)
-        self.sessions.pop(cmd.client_id, None)
+        if not cmd.keep_session:
+            self.sessions.pop(cmd.client_id, None)
         return True
 
     def _add_session_subscriptions(self, cmd: commands.AddSessionSubscriptions) -> bool:

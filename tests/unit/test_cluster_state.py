@@ -18,6 +18,7 @@ from raftmq.cluster.replication.commands import (
     AddRoute,
     AddSessionSubscriptions,
     ClaimClient,
+    ClaimFenced,
     ClaimResult,
     NodeDown,
     NodeDownResult,
@@ -94,6 +95,51 @@ def test_release_needs_the_current_epoch() -> None:
     assert state.apply(ReleaseClient("c1", "n2", 2)) is True
     assert state.owners.get("c1") is None
     assert claim(state, "c1", "n3").epoch == 3, "a released id never reuses an old epoch"
+
+
+def test_a_claim_fenced_by_a_newer_owner_changes_nothing() -> None:
+    """Issue 11's orphaned claim: n2's CONNECT gave up, the client connected to n3, and
+    n2's claim committed after n3's. It must not take the client, kick n3's connection,
+    or end the session."""
+    state = ClusterState()
+    first = claim(state, "c1", "n1", 60, (StoredSubscription("t/#", 1),), clean_start=False)
+    late = ClaimClient("c1", "n2", False, 60, None, seen_epoch=first.epoch)
+    newer = state.apply(ClaimClient("c1", "n3", False, 60, None, seen_epoch=first.epoch))
+    assert isinstance(newer, ClaimResult) and newer.previous_owner == "n1"
+    before = state.snapshot()
+    assert state.apply(late) == ClaimFenced(newer.epoch)
+    assert state.snapshot() == before  # not even an epoch spent
+    assert state.owners.get("c1") == Owner("n3", newer.epoch)
+    assert state.sessions["c1"].subscriptions == (StoredSubscription("t/#", 1),)
+
+
+def test_a_claim_fenced_on_no_owner_and_unfenced_claims() -> None:
+    state = ClusterState()
+    assert isinstance(state.apply(ClaimClient("c1", "n1", seen_epoch=0)), ClaimResult)
+    assert state.apply(ClaimClient("c1", "n2", seen_epoch=0)) == ClaimFenced(1)
+    assert isinstance(state.apply(ClaimClient("c1", "n2")), ClaimResult)  # no fence
+
+
+def test_an_orphaned_claim_gives_the_id_back_and_keeps_the_session() -> None:
+    state = ClusterState()
+    claim(state, "c1", "n1", 60, (StoredSubscription("t/#", 1),), clean_start=False)
+    orphan = claim(state, "c1", "n2", 60, clean_start=False)
+    assert state.apply(ReleaseClient("c1", "n2", orphan.epoch, keep_session=True)) is True
+    assert state.owners.get("c1") is None
+    resumed = claim(state, "c1", "n3", 60, clean_start=False)
+    assert resumed.session is not None
+    assert resumed.session.subscriptions == (StoredSubscription("t/#", 1),)
+
+
+def test_fence_and_keep_session_pickle_only_when_set() -> None:
+    """Entries without them keep the form journals and older peers hold."""
+    plain = ClaimClient("c1", "n1", False, 60, None)
+    assert plain.__reduce__()[1] == ("c1", "n1", False, 60, None)
+    fenced = ClaimClient("c1", "n1", False, 60, None, seen_epoch=4)
+    assert pickle.loads(pickle.dumps(fenced)) == fenced
+    assert ReleaseClient("c1", "n1", 3).__reduce__()[1] == ("c1", "n1", 3)
+    kept = ReleaseClient("c1", "n1", 3, keep_session=True)
+    assert pickle.loads(pickle.dumps(kept)) == kept
 
 
 def test_writes_of_a_superseded_owner_are_ignored() -> None:
