@@ -247,6 +247,11 @@ def render_status(report: Report) -> str:
         f"commit index {report['commit_index']}, last applied {report['last_applied']}, "
         f"quorum {_cell(report['has_quorum'])}",
         f"leader: {leader or 'none known'}",
+        *(
+            [f"BUG: {failures} Raft apply listener failures (see the node's log)"]
+            if (failures := report.get("listener_failures", 0))
+            else []
+        ),
         "",
     ]
     members = []

@@ -79,6 +79,7 @@ def status_report(
         "commit_index": raft.commit_index,
         "last_applied": raft.last_applied,
         "has_quorum": raft.has_quorum,
+        "listener_failures": raft.listener_failures,
         "members": list(summary.members),
         "down": list(summary.down),
         "raft_peers": dict(sorted(raft.peers.items())),

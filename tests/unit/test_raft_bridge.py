@@ -270,3 +270,25 @@ def test_importing_the_raft_bridge_leaves_socket_inet_ntop_working() -> None:
     import raftmq.cluster.replication.raft  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"
+
+
+async def test_a_failing_apply_listener_is_counted_and_reported_never_hidden(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: a KeyError in a listener was logged and forgotten while messages were lost."""
+    async with Trio(tmp_path) as trio:
+        await trio.start()
+        leader = await trio.leader()
+        seen: list[Applied] = []
+
+        def broken(applied: Applied) -> None:
+            raise KeyError(applied.command)
+
+        leader.add_listener(broken)
+        leader.add_listener(seen.append)
+        command = ClaimClient("watched", leader.node_id)
+        await leader.submit(command)
+        await eventually(lambda: any(a.command == command for a in seen), 10, "the next listener")
+        assert leader.listener_failures == 1
+        assert leader.status().listener_failures == 1
+        assert any("BUG: apply listener failed" in r.getMessage() for r in caplog.records)
