@@ -43,7 +43,13 @@ def build_cluster(
     grpc_peers = {peer.node_id: peer.grpc for peer in config.peers}
     forwarder = Forwarder(config.node_id, grpc_peers, tls=tls, secret=secret, settings=forwarding)
     server = GrpcServer(config.grpc_listen, tls=tls, keepalive=forwarder.settings.keepalive)
-    cluster = RaftCluster(raft, forwarder, [config.node_id, *raft_peers], services=[server])
+    cluster = RaftCluster(
+        raft,
+        forwarder,
+        [config.node_id, *raft_peers],
+        services=[server],
+        lease=(config.cluster_lease, config.cluster_lease_margin),
+    )
     server.serve(forwarder.service())
     server.serve(AdminService(cluster, forwarder, secret.encode()).handler())
     return cluster

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
+from .background import retrieve_outcome
 from .hooks import ClusterUnavailable
 from .reason_codes import ReasonCode
 
@@ -104,7 +105,7 @@ class OrderedAcks:
         self._conn.pending_done(len(self._entries))
         for pending, _ in self._entries:
             if asyncio.isfuture(pending):
-                pending.add_done_callback(_outcome_taken)
+                pending.add_done_callback(retrieve_outcome)
             elif asyncio.iscoroutine(pending):
                 pending.close()
         self._entries.clear()
@@ -121,9 +122,3 @@ class OrderedAcks:
             if self._room is None:
                 self._room = asyncio.get_running_loop().create_future()
             await self._room
-
-
-def _outcome_taken(future: asyncio.Future[None]) -> None:
-    """Retrieve an abandoned wait's outcome: the connection it was for is gone."""
-    if not future.cancelled():
-        future.exception()

@@ -50,3 +50,10 @@ class Background:
 async def _finish(work: Awaitable[Any], expected: tuple[type[Exception], ...]) -> None:
     with contextlib.suppress(*expected):
         await work
+
+
+def retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future nobody awaits any more: its failure is expected and
+    known, so asyncio must not log it as "exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()

@@ -253,6 +253,11 @@ class Broker:
 
     # -- NodeEvents (hooks.py: called by the cluster) --------------------------
 
+    def cluster_lost(self) -> None:
+        for client in list(self.clients):
+            if client.session is not None:  # connected; the cluster refuses new CONNECTs
+                client.disconnect(ReasonCode.SERVER_UNAVAILABLE, "no cluster majority")
+
     def kick_client(self, client_id: str, epoch: int) -> None:
         session = self.sessions.get(client_id)
         if session is None or session.connection is None:

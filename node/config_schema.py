@@ -192,6 +192,26 @@ class Config:
             help="PEM private key of cluster_tls_cert (unencrypted; keep it mode 0600).",
         ),
     )
+    cluster_lease: float = field(
+        default=3.0,
+        metadata=_rule(
+            help="Seconds a node goes on serving its clients without hearing from a Raft "
+            "majority. Past it, it disconnects them with 0x88 and refuses new ones until a "
+            "majority is heard again, so that the majority may give their client ids to "
+            "other nodes (see cluster_lease_margin).",
+            gt=0,
+        ),
+    )
+    cluster_lease_margin: float = field(
+        default=1.0,
+        metadata=_rule(
+            help="Seconds on top of cluster_lease (and of Raft's 3.5 s to notice a silent "
+            "peer) that a CONNECT taking over a client id waits when the node holding it "
+            "does not let go at once: by then that node has surely stopped serving it. "
+            "Keep the sum below connect_timeout.",
+            ge=0,
+        ),
+    )
     allow_anonymous: bool | None = field(
         default=None,
         metadata=_rule(

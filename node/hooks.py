@@ -115,6 +115,10 @@ class NodeEvents(Protocol):
     def apply_retained(self, topic: str, message: Message | None) -> None:
         """A retained message was set (or cleared, with None) cluster-wide."""
 
+    def cluster_lost(self) -> None:
+        """This node heard from no cluster majority for its lease: other nodes may now
+        serve its clients, so it must stop (disconnect them with 0x88)."""
+
     def publish_will(self, will: Will) -> None:
         """Publish a will as this node publishes its own clients' (a dead node's client's)."""
 

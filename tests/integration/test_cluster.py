@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from clusterkit import (
@@ -21,6 +23,7 @@ from clusterkit import (
     NodeClients,
     published,
     received,
+    start_cluster,
     subscribed,
     wait_for_route,
 )
@@ -43,6 +46,9 @@ from rawmqtt import (
 )
 
 from raftmq.cluster.replication.raft import RaftOptions
+
+if TYPE_CHECKING:
+    from conftest import RunningBroker
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
 
@@ -269,10 +275,15 @@ def test_will_of_a_client_lost_on_node1_reaches_node3_once_and_disconnect_sends_
     ids=["v5", "v3.1.1"],
 )
 def test_node_cut_off_from_its_peers_refuses_connect_and_subscribe(
-    cluster: Cluster, node_clients: NodeClients, level: int, unavailable: int
+    broker_factory: Callable[..., RunningBroker],
+    node_clients: NodeClients,
+    level: int,
+    unavailable: int,
 ) -> None:
     """Neither a claim nor a new route can commit without a majority: both are
-    refused after a bounded wait, and the connected client stays served."""
+    refused after a bounded wait, and the connected client stays served while the
+    node's lease lasts (long here; test_cluster_lease.py has it run out)."""
+    cluster = start_cluster(broker_factory, cluster_lease=60.0)
     lonely = cluster["n1"]
     resident = node_clients(lonely, "resident", level=level)
     cluster["n2"].kill()
