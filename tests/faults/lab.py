@@ -107,50 +107,41 @@ class LabNode:
             self._proc.kill()
             self._proc.wait(STOP_TIMEOUT)
 
-    def stop(self) -> None:
-        """SIGTERM, the graceful stop; kill -9 if it does not end in ``STOP_TIMEOUT``."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self.resume()  # a stopped process never sees SIGTERM
-        self._proc.terminate()
-        try:
-            self._proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
     def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
         """SIGSTOP, returning once every thread is stopped.
 
         SIGSTOP is delivered asynchronously: until each thread's state is ``T`` some
         may still run, and the fault window must not start before they all stop.
         """
-        pid = self._live_pid("pause")
-        self._proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        proc = self._live_process("pause")
+        proc.send_signal(signal.SIGSTOP)
         deadline = time.monotonic() + timeout
-        while not all(state == "T" for state in thread_states(pid)):
+        while not _all_stopped(thread_states(proc.pid)):
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"node {self.node_id} (pid {pid}) not stopped {timeout} s after SIGSTOP: "
-                    f"thread states {thread_states(pid)}"
+                    f"node {self.node_id} (pid {proc.pid}) not stopped {timeout} s after "
+                    f"SIGSTOP: thread states {thread_states(proc.pid)}"
                 )
             time.sleep(0.005)
 
     def resume(self) -> None:
-        if self.running:
-            self._proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        """SIGCONT; nothing when the node is not running."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     @property
     def paused(self) -> bool:
-        return self.running and all(s == "T" for s in thread_states(self.pid))  # type: ignore[arg-type]
+        """Every thread is stopped (SIGSTOP, no SIGCONT since)."""
+        return self.running and self.pid is not None and _all_stopped(thread_states(self.pid))
 
     def output(self) -> str:
         """Everything the node printed, over all its starts."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _live_pid(self, action: str) -> int:
+    def _live_process(self, action: str) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             raise RuntimeError(f"cannot {action} node {self.node_id}: it is not running")
-        return self._proc.pid
+        return self._proc
 
     def _new_output(self) -> str:
         """What the node printed since its last start."""
@@ -175,6 +166,11 @@ def thread_states(pid: int) -> list[str]:
     return states
 
 
+def _all_stopped(states: list[str]) -> bool:
+    """``T`` is a job-control stop; an empty list (the process is gone) is not stopped."""
+    return bool(states) and all(state == "T" for state in states)
+
+
 class Lab:
     """``nodes`` raftmq nodes ``n1..nN``, each in its own namespace; a context manager.
 
@@ -194,6 +190,11 @@ class Lab:
         self.network = LabNetwork(ids, subnet)
         self.nodes = {node_id: LabNode(self.network, node_id, workdir) for node_id in ids}
         self._extra = dict(config or {})
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Node id -> the (host, port) its MQTT clients connect to, as ``Workload`` takes it."""
+        return {node_id: (node.address, node.mqtt_port) for node_id, node in self.nodes.items()}
 
     @staticmethod
     def available() -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from lab import Lab, LabNode
 
@@ -27,26 +28,15 @@ _CONNECT_FROM_INSIDE = (
 
 
 class MqttProbe:
-    """A raw MQTT 3.1.1 connection from the root namespace to one node; ``with`` closes it.
+    """A raw MQTT 3.1.1 connection from the root namespace to one node (``mqtt_probe``).
 
     Raw, not paho: a probe must see a missing answer as a ``TimeoutError`` right away,
     with no client library retrying behind its back.
     """
 
-    def __init__(self, node: LabNode, timeout: float = PROBE_TIMEOUT) -> None:
+    def __init__(self, node: LabNode, sock: socket.socket) -> None:
         self.node = node
-        self.sock = socket.create_connection((node.address, node.mqtt_port), timeout=timeout)
-
-    def __enter__(self) -> MqttProbe:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.sock.close()
+        self.sock = sock
 
     def connect(self, client_id: str, timeout: float = CONNACK_TIMEOUT) -> int:
         """CONNECT with a clean session; the CONNACK's return code."""
@@ -66,18 +56,22 @@ class MqttProbe:
 
     def _read(self, size: int, timeout: float) -> bytes:
         self.sock.settimeout(timeout)
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError(f"node {self.node.node_id} closed the probe after {data!r}")
-            data += chunk
+        data = self.sock.recv(size, socket.MSG_WAITALL)
+        if len(data) < size:
+            raise ConnectionError(f"node {self.node.node_id} closed the probe after {data!r}")
         return data
+
+
+@contextmanager
+def mqtt_probe(node: LabNode, timeout: float = PROBE_TIMEOUT) -> Iterator[MqttProbe]:
+    """A TCP connection to ``node``'s MQTT port, closed at the end of the ``with``."""
+    with socket.create_connection((node.address, node.mqtt_port), timeout=timeout) as sock:
+        yield MqttProbe(node, sock)
 
 
 def mqtt_connack(node: LabNode, client_id: str, timeout: float = CONNACK_TIMEOUT) -> int:
     """A fresh connection's CONNACK return code; ``TimeoutError`` when none comes."""
-    with MqttProbe(node) as probe:
+    with mqtt_probe(node) as probe:
         return probe.connect(client_id, timeout)
 
 

@@ -8,14 +8,14 @@ import threading
 
 import paho.mqtt.client as mqtt
 from lab import Lab
-from probes import MqttProbe, mqtt_connack, tcp_reaches
+from probes import mqtt_connack, mqtt_probe, tcp_reaches
 
 DELIVERY_TIMEOUT = 20.0
 
 
 def test_every_node_serves_clients_in_the_root_namespace(lab: Lab) -> None:
+    assert lab.addresses == {f"n{i}": (f"10.77.0.{10 + i}", 1883) for i in (1, 2, 3)}
     for node_id, node in lab.nodes.items():
-        assert node.address == f"10.77.0.{10 + int(node_id[1:])}"
         assert mqtt_connack(node, f"probe-{node_id}") == 0
 
 
@@ -44,14 +44,14 @@ def test_a_partition_cuts_nodes_apart_but_not_clients(lab: Lab) -> None:
     """n1 cut off: no node reaches it, yet a client of n1 still talks to it (a new
     CONNECT there would wait for a Raft commit the minority cannot make, so the
     client connected before the cut, and pings)."""
-    with MqttProbe(lab.nodes["n1"]) as client:
+    with mqtt_probe(lab.nodes["n1"]) as client:
         assert client.connect("probe-n1") == 0
         lab.partition({"n1": {"n2", "n3"}, "n2": {"n1"}, "n3": {"n1"}})
         assert not tcp_reaches(lab, "n2", "n1")
         assert not tcp_reaches(lab, "n1", "n3")
         assert tcp_reaches(lab, "n2", "n3")
         client.ping()
-        with MqttProbe(lab.nodes["n1"]):  # a new TCP connection from the root namespace
+        with mqtt_probe(lab.nodes["n1"]):  # a new TCP connection from the root namespace
             pass
     assert _dropped(lab, "n1 drops from n2") > 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from lab import LISTENING, Lab, thread_states
-from probes import MqttProbe, mqtt_connack
+from probes import mqtt_connack, mqtt_probe
 
 
 def test_kill_then_start_on_the_same_data_dir(lab: Lab) -> None:
@@ -12,8 +12,8 @@ def test_kill_then_start_on_the_same_data_dir(lab: Lab) -> None:
     first_pid = node.pid
     node.kill()
     assert not node.running
-    with pytest.raises(ConnectionRefusedError):
-        MqttProbe(node)
+    with pytest.raises(ConnectionRefusedError), mqtt_probe(node):
+        pass
     assert any(node.data_dir.iterdir()), "kill -9 must leave the node's data behind"
 
     node.start()
@@ -25,7 +25,7 @@ def test_kill_then_start_on_the_same_data_dir(lab: Lab) -> None:
 
 def test_pause_stops_every_thread_until_resume(lab: Lab) -> None:
     node = lab.nodes["n2"]
-    with MqttProbe(node) as client:
+    with mqtt_probe(node) as client:
         assert client.connect("probe-paused") == 0
         node.pause()
         states = thread_states(node.pid or 0)
