@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from lab import Lab
 from labnet import TEARDOWN_SCRIPT, leftovers, teardown
+from probes import mqtt_connack
 
 HERE = Path(__file__).parent
 INNER_RUN_TIMEOUT = 60.0
@@ -84,8 +85,28 @@ def test_sigterm_mid_test_still_tears_the_lab_down(tmp_path: Path) -> None:
 def test_the_script_cleans_up_after_a_killed_runner(tmp_path: Path) -> None:
     """kill -9 of the process that built a lab leaves everything, its nodes included;
     scripts/fault-teardown.sh removes it all, and runs again on nothing just as well."""
+    pids = _lab_of_a_killed_runner(tmp_path / "lab")
+    for _ in range(2):
+        done = subprocess.run(["bash", str(TEARDOWN_SCRIPT)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert leftovers() == []
+    _wait_until_gone(pids)
+    teardown()  # and the Python entry point, on nothing
+
+
+def test_a_new_lab_starts_over_a_killed_runners_leftovers(tmp_path: Path) -> None:
+    pids = _lab_of_a_killed_runner(tmp_path / "crashed")
+    with Lab(tmp_path / "lab", nodes=2) as lab:
+        _wait_until_gone(pids)
+        assert all(node.running for node in lab.nodes.values())
+        assert mqtt_connack(lab.nodes["n1"], "probe-after-crash") == 0
+    assert leftovers() == []
+
+
+def _lab_of_a_killed_runner(workdir: Path) -> list[int]:
+    """The node pids of a 2-node lab whose runner died by kill -9, leaving it all up."""
     runner = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RUNNER, str(tmp_path / "lab")],
+        [sys.executable, "-c", CRASHING_RUNNER, str(workdir)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=HERE,
@@ -97,16 +118,14 @@ def test_the_script_cleans_up_after_a_killed_runner(tmp_path: Path) -> None:
     runner.wait()
     assert len(pids) == 2 and all(_alive(pid) for pid in pids), pids
     assert leftovers() != []
+    return pids
 
-    for _ in range(2):
-        done = subprocess.run(["bash", str(TEARDOWN_SCRIPT)], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        assert leftovers() == []
+
+def _wait_until_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 5
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in pids)
-    teardown()  # and the Python entry point, on nothing
+    assert not any(_alive(pid) for pid in pids), [pid for pid in pids if _alive(pid)]
 
 
 def _alive(pid: int) -> bool:
