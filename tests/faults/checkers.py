@@ -167,7 +167,7 @@ def order(ops: list[Op]) -> Result:
     violations: list[dict[str, Any]] = []
     for event in events(ops, "deliver"):
         value = event["value"]
-        if value["retain"]:
+        if value["retain"] or value.get("seq") is None:
             continue
         first = (value["client_id"], value["conn"], value["id"])
         if first in seen:
