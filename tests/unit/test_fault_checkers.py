@@ -108,13 +108,19 @@ class Script:
         self.event("workload", "drain", {"quiet": 1.0})
 
 
+def subscribed(client_id: str = "sub", *, clean: bool = False, qos: int = 2) -> Script:
+    """A history that starts with ``client_id`` connected (conn 1) and subscribed to t/#."""
+    s = Script()
+    s.connect(client_id, 1, clean=clean)
+    s.subscribe(client_id, 1, qos=qos)
+    return s
+
+
 # -- lost ---------------------------------------------------------------------------------
 
 
 def test_lost_flags_an_acknowledged_message_a_persistent_subscriber_never_got() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.publish(1)
     s.publish(2)
     s.deliver("sub", 1, 1)
@@ -126,9 +132,7 @@ def test_lost_flags_an_acknowledged_message_a_persistent_subscriber_never_got() 
 
 
 def test_lost_counts_a_delivery_on_any_connection_of_the_client_id() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.publish(1)
     s.disconnect("sub", 1)
     s.connect("sub", 2, present=True, node="n3")
@@ -148,9 +152,7 @@ def test_lost_ignores_a_publish_invoked_before_the_suback() -> None:
 
 
 def test_lost_ignores_unacknowledged_refused_and_unmatched_publishes() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.publish(1, outcome="info")
     s.publish(2, outcome="fail")
     s.publish(3, topic="other/a")
@@ -163,9 +165,7 @@ def test_lost_ignores_unacknowledged_refused_and_unmatched_publishes() -> None:
 def test_lost_keeps_the_first_suback_as_anchor_after_a_silent_session_loss() -> None:
     """The session came back empty and the client subscribed again: the message
     published between the two SUBACKs is still owed."""
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.disconnect("sub", 1)
     s.publish(1)
     s.connect("sub", 2, present=False)
@@ -178,9 +178,7 @@ def test_lost_keeps_the_first_suback_as_anchor_after_a_silent_session_loss() -> 
 
 
 def test_lost_lets_a_clean_start_connect_end_the_obligation() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.disconnect("sub", 1)
     s.connect("sub", 2, clean=True)
     s.publish(1)
@@ -189,9 +187,7 @@ def test_lost_lets_a_clean_start_connect_end_the_obligation() -> None:
 
 
 def test_lost_flags_a_clean_subscriber_that_stayed_connected_through_the_drain() -> None:
-    s = Script()
-    s.connect("clean", 1, clean=True)
-    s.subscribe("clean", 1)
+    s = subscribed("clean", clean=True)
     s.publish(1)
     s.drain()
     s.disconnect("clean", 1)
@@ -201,9 +197,7 @@ def test_lost_flags_a_clean_subscriber_that_stayed_connected_through_the_drain()
 
 def test_lost_exempts_a_clean_subscriber_whose_connection_dropped() -> None:
     """Jepsen's impaired-node exemption: a clean session has nowhere to keep messages."""
-    s = Script()
-    s.connect("clean", 1, clean=True)
-    s.subscribe("clean", 1)
+    s = subscribed("clean", clean=True)
     s.publish(1)
     s.disconnect("clean", 1)
     s.connect("clean", 2, clean=True)
@@ -213,9 +207,7 @@ def test_lost_exempts_a_clean_subscriber_whose_connection_dropped() -> None:
 
 
 def test_lost_exempts_a_clean_subscriber_for_a_publish_acknowledged_after_the_drain() -> None:
-    s = Script()
-    s.connect("clean", 1, clean=True)
-    s.subscribe("clean", 1)
+    s = subscribed("clean", clean=True)
     s.publish_invoke(1)
     s.drain()
     s.complete("p", "ok", {"reason": 0})
@@ -223,9 +215,7 @@ def test_lost_exempts_a_clean_subscriber_for_a_publish_acknowledged_after_the_dr
 
 
 def test_lost_owes_nothing_on_a_qos0_subscription() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1, qos=0)
+    s = subscribed(qos=0)
     s.publish(1)
     s.drain()
     assert lost(s.ops).ok
@@ -235,9 +225,7 @@ def test_lost_owes_nothing_on_a_qos0_subscription() -> None:
 
 
 def test_qos2_duplicates_flags_a_second_delivery_across_connections() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.publish(1)
     s.deliver("sub", 1, 1)
     s.connect("sub", 2, present=True)
@@ -303,9 +291,7 @@ def test_unexpected_flags_only_ids_never_published() -> None:
 
 
 def test_session_lost_flags_session_present_0_for_a_subscribed_persistent_session() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.disconnect("sub", 1)
     s.connect("sub", 2, present=False, node="n2")
     result = session_lost(s.ops)
@@ -313,9 +299,7 @@ def test_session_lost_flags_session_present_0_for_a_subscribed_persistent_sessio
 
 
 def test_session_lost_counts_each_loss_once_and_resets_on_clean_start() -> None:
-    s = Script()
-    s.connect("sub", 1)
-    s.subscribe("sub", 1)
+    s = subscribed()
     s.connect("sub", 2, present=False)  # lost: flagged
     s.connect("sub", 3, present=False)  # nothing subscribed since: the session was empty
     s.subscribe("sub", 3)
