@@ -270,6 +270,9 @@ class _Subscriber:
         """Set by the drain: reconnect now (persistent subscribers)."""
         self.reconnected = threading.Event()
         self.thread: threading.Thread | None = None
+        self.needs_subscribe = True
+        """Until a SUBACK granted the filter in this session: a session that came back
+        present after a failed SUBSCRIBE still has nothing to deliver."""
         persistent = kind != "clean"
         self.topic_filter = "faults/data/#"
         self.qos = 2 if persistent else 1
@@ -304,10 +307,13 @@ class _Subscriber:
         draining = self.reconnect.is_set()
         if not self.client.connect(self.node, *self.workload.addresses[self.node]):
             return False
-        fresh = self.kind == "clean" or not self.client.session_present
-        if fresh and not self.client.subscribe(self.topic_filter, self.qos):
-            self.client.disconnect()
-            return False
+        if self.kind == "clean" or not self.client.session_present:
+            self.needs_subscribe = True
+        if self.needs_subscribe:
+            if not self.client.subscribe(self.topic_filter, self.qos):
+                self.client.disconnect()
+                return False
+            self.needs_subscribe = False
         if draining:
             self.reconnect.clear()
             self.reconnected.set()
