@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from conftest import RunningBroker
 
 RUN_SECONDS = 10.0
+TAKEN_OVER = 0x8E
 HOLDS = ("well-formed", "order", "unexpected", "session-lost", "retained-divergence")
 KNOWN_BROKEN = ("lost", "qos2-duplicates")
 """Violated by the broker without any fault (issue 11): lost, because route reference
@@ -65,6 +66,10 @@ def test_fault_free_workload_on_a_loopback_cluster_breaks_no_guarantee(
     assert acknowledged > 100, results["availability"].examples
     assert sum(op["f"] == "deliver" for op in ops) > acknowledged
     assert sum(op["f"] == "read-retained" for op in ops) == 3 * 4
+    kicked = [op for op in ops if op["f"] == "disconnect" and op["value"]["reason"] == TAKEN_OVER]
+    assert any(op["process"].startswith("probe-") for op in kicked), "no takeover was probed"
+    resumed = [op for op in ops if op["f"] == "connect" and op["value"].get("session_present")]
+    assert len(resumed) >= 4, "the persistent subscribers hardly moved"
     broken = {name: results[name] for name in KNOWN_BROKEN if not results[name].ok}
     if broken:
         found = {name: (r.count, r.examples[:3]) for name, r in broken.items()}
