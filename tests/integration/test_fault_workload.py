@@ -26,24 +26,15 @@ RUN_SECONDS = 10.0
 TAKEN_OVER = 0x8E
 HOLDS = ("well-formed", "order", "unexpected", "session-lost", "retained-divergence")
 KNOWN_BROKEN = ("lost", "qos2-duplicates")
-"""Violated by the broker without any fault (issue 11): lost, because route reference
-counts lose an update when two clients subscribe at once on one node (the one that stays
-stops receiving from the other nodes once the other leaves) and because a moving session
-misses what is published during the move; QoS 2 duplicates now and then after a move."""
-
-
-class BrokerViolation(AssertionError):
-    """A checker in KNOWN_BROKEN found something; the xfail below expects only this."""
+"""Still violated without any fault (issue 11, open): a session that moves between nodes
+misses what is published during the move (one or two messages a move), and now and then
+gets a QoS 2 message twice. (The route reference count race that lost hundreds a run is
+fixed: node/routes.py, test_cluster_routes.py.) When these two are found the test is
+reported as an expected failure with the counts; every other check still fails it."""
 
 
 @pytest.mark.raftmq_only
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(
-    strict=True,
-    raises=BrokerViolation,
-    reason="issue 11: route refcount race and session-move window lose acknowledged "
-    "messages with no fault; session moves duplicate QoS 2 now and then",
-)
 def test_fault_free_workload_on_a_loopback_cluster_breaks_no_guarantee(
     broker_factory: Callable[..., RunningBroker], tmp_path: Path
 ) -> None:
@@ -73,4 +64,4 @@ def test_fault_free_workload_on_a_loopback_cluster_breaks_no_guarantee(
     broken = {name: results[name] for name in KNOWN_BROKEN if not results[name].ok}
     if broken:
         found = {name: (r.count, r.examples[:3]) for name, r in broken.items()}
-        raise BrokerViolation(f"{found}; history {tmp_path / 'history.jsonl'}")
+        pytest.xfail(f"issue 11, session moves: {found}; history {tmp_path / 'history.jsonl'}")
