@@ -207,8 +207,7 @@ class Config:
         metadata=_rule(
             help="Seconds on top of cluster_lease (and of Raft's 3.5 s to notice a silent "
             "peer) that a CONNECT taking over a client id waits when the node holding it "
-            "does not let go at once: by then that node has surely stopped serving it. "
-            "Keep the sum below connect_timeout.",
+            "does not let go at once: by then that node has surely stopped serving it.",
             ge=0,
         ),
     )
@@ -392,7 +391,8 @@ class Config:
     connect_timeout: float = field(
         default=10.0,
         metadata=_rule(
-            help="Seconds a new connection has to send CONNECT before it is closed.",
+            help="Seconds a new connection has to send CONNECT before it is closed. A "
+            "CONNECT still being handled (its claim waiting for the cluster) is not cut short.",
             gt=0,
         ),
     )

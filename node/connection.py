@@ -423,7 +423,11 @@ class MQTTConnection(asyncio.Protocol):
     def _connect_timed_out(self) -> None:
         self.timer = None
         mqtt = self.mqtt
-        if mqtt.state == CONNECTING:
+        if mqtt.state == CONNECTING and self._busy:
+            # The CONNECT came and is being handled (a claim waiting for the cluster,
+            # a takeover waiting out a lease): its own bounds end it, not this timer.
+            self.timer = self.loop.call_later(self.config.connect_timeout, self._connect_timed_out)
+        elif mqtt.state == CONNECTING:
             seconds = self.config.connect_timeout
             mqtt.end("server", None, f"no CONNECT within connect_timeout ({seconds}s)")
             self.node.stats.limits.connect_timeout += 1

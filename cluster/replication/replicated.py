@@ -25,14 +25,13 @@ so each group gets each message once cluster-wide.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from raftmq.node.background import Background, retrieve_outcome
+from raftmq.node.background import Background
 from raftmq.node.hooks import (
     Claim,
     ClusterUnavailable,
@@ -74,7 +73,7 @@ from .convert import (
     will_record,
 )
 from .handovers import Handovers
-from .lease import QuorumLease
+from .lease import LeaseKeeper
 from .raft import Applied, RaftNode, RaftStatus
 from .state import ClusterState
 
@@ -88,11 +87,6 @@ ANNOUNCE_RETRY = 1.0
 CLAIM_ATTEMPTS = 3
 """A CONNECT's claim is retried when fenced (another claim of the client came
 first); after this many the client is told "server unavailable"."""
-LEASE_POLL = 0.25
-"""Seconds between two looks at Raft's status for the lease (lease.py)."""
-KICK_ACK_WAIT = 1.0
-"""Seconds a takeover waits for the old holder to acknowledge its kick before it waits
-out that holder's lease instead."""
 
 
 class Peers(Protocol):
@@ -192,8 +186,7 @@ class RaftCluster:
         self.handovers = Handovers()
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
-        self._lease_terms = lease
-        self.lease = self._new_lease()
+        self.lease = LeaseKeeper(raft, *lease)
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -214,8 +207,7 @@ class RaftCluster:
         await self.raft.start()
         self._tasks.run(self._announce())
         self._tasks.run(self._reconcile_when_caught_up())
-        self.lease = self._new_lease()
-        self._tasks.run(self._keep_lease())
+        self._tasks.run(self.lease.run(self._lease_lost))
 
     async def stop(self) -> None:
         await self._tasks.cancel()
@@ -226,28 +218,9 @@ class RaftCluster:
                 await service.stop()
             await self.peers.stop()
 
-    def _new_lease(self) -> QuorumLease:
-        lease, margin = self._lease_terms
-        detection = self.raft.options.connection_timeout
-        return QuorumLease(lease, margin, detection, time.monotonic())
-
-    async def _keep_lease(self) -> None:
-        """Poll Raft; without a majority for the lease, stop serving clients (lease.py)."""
-        while True:
-            await asyncio.sleep(LEASE_POLL)
-            lost = self.lease.observe(self.raft.status(), time.monotonic())
-            if lost is None or self._node is None:
-                continue
-            if lost:
-                log.warning(
-                    "node %s: no Raft majority heard for %.1fs (cluster_lease): disconnecting "
-                    "its clients with 0x88 and refusing new ones until one is heard",
-                    self.node_id,
-                    self.lease.lease,
-                )
-                self._node.cluster_lost()
-            else:
-                log.info("node %s: a Raft majority is heard again: serving clients", self.node_id)
+    def _lease_lost(self) -> None:
+        if self._node is not None:
+            self._node.cluster_lost()
 
     async def _announce(self) -> None:
         """Commit the member list and that this node is up, retrying until it sticks."""
@@ -306,28 +279,9 @@ class RaftCluster:
         if previous is not None and previous != self.node_id and previous not in self.state.down:
             # The previous node disconnects the client when it applies the claim; the kick
             # gets there first when that node's Raft lags, and says when it has let go.
-            await self._let_go(previous, client_id, result.epoch, claimed_at)
+            kick = self.peers.kick(previous, client_id, result.epoch)
+            await self.lease.let_go(kick, previous, client_id, claimed_at)
         return Claim(result.epoch, result.previous_owner, result.previous_epoch, result.session)
-
-    async def _let_go(self, holder: str, client_id: str, epoch: int, claimed_at: float) -> None:
-        """Until ``holder`` surely serves the client no more: it drops its connection when
-        the kick (or the claim's commit) reaches it, so a prompt acknowledgement of the
-        kick ends the wait. Without one, the holder may be cut off and still serving: wait
-        until its lease has surely run out (``lease.py``)."""
-        kick = asyncio.ensure_future(self.peers.kick(holder, client_id, epoch))
-        kick.add_done_callback(retrieve_outcome)
-        with contextlib.suppress(TimeoutError, ClusterUnavailable):
-            await asyncio.wait_for(asyncio.shield(kick), KICK_ACK_WAIT)
-            return
-        delay = claimed_at + self.lease.takeover_wait - time.monotonic()
-        if delay > 0:
-            log.info(
-                "client %r: node %s did not let go of it; waiting %.1fs for its lease to run out",
-                client_id,
-                holder,
-                delay,
-            )
-            await asyncio.sleep(delay)
 
     def take_session(self, client_id: str, claim: Claim) -> SessionTransfer | None:
         record = claim.session

@@ -46,7 +46,10 @@ def test_a_node_without_its_majority_disconnects_its_clients_and_refuses_new_one
 def test_a_takeover_from_a_node_out_of_reach_waits_for_its_lease(
     broker_factory: BrokerFactory, node_clients: NodeClients
 ) -> None:
-    cluster = start_cluster(broker_factory, cluster_lease=LEASE, cluster_lease_margin=MARGIN)
+    """The wait outlasts connect_timeout, which does not cut a CONNECT being handled short."""
+    cluster = start_cluster(
+        broker_factory, cluster_lease=LEASE, cluster_lease_margin=MARGIN, connect_timeout=2.0
+    )
     old = node_clients(cluster["n3"], "lease-mover")
     n3 = cluster["n3"]
     os.kill(n3.pid, signal.SIGSTOP)
