@@ -31,7 +31,19 @@ struct Item {
     publish @0 :Publish;
     kick @1 :Kick;
     handover @2 :Handover;
+    barrier @3 :Barrier;
+    barrierReply @4 :UInt64;
+    # The token of a barrier the receiver asked for: the sender has applied the
+    # Raft state it named, and everything it forwarded before precedes this item.
   }
+}
+
+struct Barrier {
+  # Answer with barrierReply(token) once you have applied `applied` commands of
+  # the replicated state (ClusterState.applied): from then on you route by the
+  # routes committed up to there.
+  token @0 :UInt64;
+  applied @1 :UInt64;
 }
 
 struct Publish {
@@ -46,6 +58,9 @@ struct Publish {
   sharedGroups @5 :List(SharedGroup);
   # The shared-subscription groups the sender chose this node to serve for
   # this message. The node's non-shared subscribers always get it.
+  originSeq @6 :UInt64;
+  # The message's sequence number on the node it was published on (the
+  # sender, for a forwarded publish); 0 when it has none.
 }
 
 struct SharedGroup {
@@ -103,6 +118,13 @@ struct Handover {
   # Sent at QoS 1/2 and not yet completed by the client.
   incomingQos2 @4 :List(UInt16);
   # Packet ids of QoS 2 publishes from the client awaiting its PUBREL.
+  seen @5 :List(OriginMark);
+  # Per origin node, the highest sequence the sender had received when it let go.
+}
+
+struct OriginMark {
+  node @0 :Text;
+  seq @1 :UInt64;
 }
 
 struct Delivery {
@@ -112,6 +134,8 @@ struct Delivery {
   retain @2 :Bool;
   # As delivered (retain-as-published applied).
   subscriptionIds @3 :List(UInt32);
+  origin @4 :Text;
+  # The node the message was published on (with message.originSeq, its identity).
 }
 
 struct Outgoing {

@@ -49,6 +49,7 @@ def build_cluster(
         [config.node_id, *raft_peers],
         services=[server],
         lease=(config.cluster_lease, config.cluster_lease_margin),
+        barrier_timeout=config.route_barrier_timeout,
     )
     server.serve(forwarder.service())
     server.serve(AdminService(cluster, forwarder, secret.encode()).handler())

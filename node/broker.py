@@ -33,7 +33,7 @@ from .extensions import Extensions
 from .fanout import FanOut
 from .hooks import ClusterHooks, LocalCluster, SessionMessages, SessionTransfer
 from .listeners import open_listener
-from .message import Message
+from .message import Message, MessageStamps
 from .migration import SessionMigration
 from .packets import Connect, Subscribe, Unsubscribe, Will
 from .protocol import ClientProtocol, Work
@@ -82,6 +82,7 @@ class Broker:
             self.acl,
             self._background,
             self.extensions,
+            MessageStamps(config.node_id),
         )
         by_client: dict[str, Session] = {}
         self.fanout = FanOut(by_client, self.extensions)
@@ -265,10 +266,14 @@ class Broker:
         if session.connection.epoch < epoch:
             session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
-    def surrender_session(
-        self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionMessages | None:
-        return self.migration.surrender(client_id, epoch, resumed)
+    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> None:
+        self.migration.surrender(client_id, epoch, resumed)
+
+    def release_session(self, client_id: str) -> SessionMessages | None:
+        return self.migration.release(client_id)
+
+    def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
+        return self.migration.take_late(client_id, messages)
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         self.migration.adopt(client_id, epoch, transfer)

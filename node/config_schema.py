@@ -211,6 +211,15 @@ class Config:
             ge=0,
         ),
     )
+    route_barrier_timeout: float = field(
+        default=1.0,
+        metadata=_rule(
+            help="Seconds a new route waits for each live peer to say it routes by it "
+            "(a SUBACK waits for that, and so does a session letting go of its old node). "
+            "A peer silent for longer is passed over, counted and logged.",
+            gt=0,
+        ),
+    )
     allow_anonymous: bool | None = field(
         default=None,
         metadata=_rule(

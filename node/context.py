@@ -15,7 +15,7 @@ from .background import Background
 from .config import Config
 from .extensions import Extensions
 from .hooks import ClusterHooks
-from .message import Message
+from .message import Message, MessageStamps
 from .retained import RetainedStore
 from .stats import Stats
 from .store import SessionStore
@@ -32,6 +32,8 @@ class NodeContext:
     acl: AccessControl | None
     background: Background
     extensions: Extensions
+    stamps: MessageStamps
+    """Identities for the messages published here."""
 
 
 class NodePart:
@@ -46,3 +48,4 @@ class NodePart:
         self.acl = node.acl
         self.background = node.background
         self.extensions = node.extensions
+        self.stamps = node.stamps

@@ -78,6 +78,10 @@ class SessionMessages:
     """Sent at QoS 1/2 and not completed, by packet id."""
     incoming_qos2: set[int] = field(default_factory=set)
     """Ids of QoS 2 publishes from the client awaiting its PUBREL."""
+    seen: dict[str, int] = field(default_factory=dict)
+    """Per origin node, the highest message sequence the previous node had received
+    when it let go: the new node already had the session's messages up to there
+    through it, so its own copies of them are duplicates (``handover_merge.py``)."""
 
 
 class NodeEvents(Protocol):
@@ -86,15 +90,21 @@ class NodeEvents(Protocol):
     def kick_client(self, client_id: str, epoch: int) -> None:
         """Another node (or a newer epoch here) now owns ``client_id``."""
 
-    def surrender_session(
-        self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionMessages | None:
+    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> None:
         """Another node claimed ``client_id`` at ``epoch``: disconnect it here (0x8E).
 
         ``resumed``: the new connection resumes the session. Then the session
-        leaves this node, and what it held is returned for the new owner;
-        otherwise it ends here as a clean start would end it.
+        stays here, offline, until ``release_session``; otherwise it ends here
+        as a clean start would end it.
         """
+
+    def release_session(self, client_id: str) -> SessionMessages | None:
+        """A surrendered session leaves: what it held, for its new owner (None: it is
+        gone already, or its client came back here)."""
+
+    def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
+        """Messages handed over after the session resumed here: add them as new. False
+        when this node has no such session."""
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         """Hold a persistent session whose node died (subscribe, queue) until its client returns.

@@ -30,6 +30,10 @@ class Message:
     """Client id of the publisher, for v5 No Local; None for broker-made messages."""
     expires_at: float | None = None
     """time.monotonic() deadline from message_expiry_interval, or None."""
+    origin: str = ""
+    """The node it was published on (``MessageStamps``); "" for a node's own ($SYS)."""
+    seq: int = 0
+    """Its place among the messages published on ``origin``; 0: no identity."""
     _encoded: dict[tuple[int, int, bool], tuple[bytes, bytes]] = field(
         default_factory=dict, repr=False
     )
@@ -81,3 +85,21 @@ class Message:
             parts = encode_publish_parts(self.topic, self.payload, qos, retain, False, props, level)
             self._encoded[key] = parts
         return parts
+
+
+class MessageStamps:
+    """Gives every message published on this node its identity: (node id, sequence).
+
+    A session moving between nodes gets some messages twice, once directly and
+    once in the hand-over; the identity is how the new node drops the second copy
+    (``handover_merge.py``). The sequence starts at the wall clock in microseconds,
+    so a restarted node never reuses the numbers of its previous run (unless it
+    published over a million messages a second on average).
+    """
+
+    __slots__ = ("last", "node_id")
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.last = time.time_ns() // 1000
+        """The sequence number of the latest message stamped here."""

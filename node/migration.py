@@ -3,19 +3,25 @@
 A persistent session moves in two parts (``hooks.py``): its subscriptions and
 expiry come from the replicated state at once, so the new node routes them
 before anything else; the messages the old node held come over the
-forwarding stream, and go before anything that arrived meanwhile.
+forwarding stream once the cluster says it is safe to let go
+(``release``), and go before anything that arrived meanwhile, without the
+copies both nodes got (``handover_merge.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from . import handover_merge
 from .context import NodeContext, NodePart
 from .hooks import Claim, SessionMessages, SessionTransfer
 from .reason_codes import ReasonCode
 from .session import NEVER_EXPIRES, Session
 from .sessions import SessionRegistry
 from .subscribing import Subscriptions
+
+log = logging.getLogger("raftmq.broker")
 
 
 class SessionMigration(NodePart):
@@ -44,12 +50,8 @@ class SessionMigration(NodePart):
         )
         held = await self.hooks.handed_over(client_id, claim)
         if held is not None and self.sessions.get(client_id) is session:
-            for packet_id, entry in held.outgoing.items():
-                session.outgoing[packet_id] = entry
-                session.next_packet_id = packet_id % 0xFFFF + 1
-            session.queue.extendleft(reversed(held.queued))
-            session.queued_bytes += sum(len(d.message.payload) for d in held.queued)
-            session.incoming_qos2 |= held.incoming_qos2
+            duplicates = handover_merge.merge(session, held)
+            self.stats.handover_duplicates += len(duplicates)
 
     def _register(self, client_id: str, transfer: SessionTransfer) -> Session:
         """A disconnected session with ``transfer``'s subscriptions, registered on this node."""
@@ -77,30 +79,54 @@ class SessionMigration(NodePart):
         for packet_id in session.incoming_qos2:
             store.add_incoming(session, packet_id)
 
-    def surrender(self, client_id: str, epoch: int, resumed: bool) -> SessionMessages | None:
+    def surrender(self, client_id: str, epoch: int, resumed: bool) -> None:
         """Another node claimed ``client_id`` at ``epoch`` (``hooks.NodeEvents``)."""
         session = self.sessions.get(client_id)
         if session is None:
-            return None
+            return
         client = session.connection
         if client is not None:
             if client.epoch >= epoch:
-                return None  # a newer claim of this node's own: nothing to give up
+                return  # a newer claim of this node's own: nothing to give up
             client.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
             session = self.sessions.get(client_id)
             if session is None:
-                return None  # it ended with its connection (session expiry 0)
+                return  # it ended with its connection (session expiry 0)
         if not resumed:
             self.sessions.end(session)
-            return None
+            return
+        # The client came back elsewhere before any will delay ran out: no will (MQTT 5
+        # §3.1.3.2.2). The session stays, offline and taking messages, until ``release``.
+        session.will = None
+
+    def release(self, client_id: str) -> SessionMessages | None:
+        """Let a surrendered session go: what it holds, for its new owner
+        (``hooks.NodeEvents.release_session``)."""
+        session = self.sessions.get(client_id)
+        if session is None or session.connection is not None:
+            return None  # ended meanwhile, or its client is back here
         held = SessionMessages(
             list(session.queue), dict(session.outgoing), set(session.incoming_qos2)
         )
-        # The client came back elsewhere before any will delay ran out: no will (MQTT 5
-        # §3.1.3.2.2), and no expiry here; its messages go with it.
-        session.will = None
+        held.seen = handover_merge.marks(
+            [*held.queued, *(o.delivery for o in held.outgoing.values())]
+        )
+        held.seen[self.stamps.node_id] = self.stamps.last
         self.sessions.end(session)
         return held
+
+    def take_late(self, client_id: str, held: SessionMessages) -> bool:
+        """Messages handed over after the session resumed here (``hooks.NodeEvents``):
+        delivered as new, after what the session got meanwhile. False: no such session."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        deliveries = [*(o.delivery for o in held.outgoing.values()), *held.queued]
+        for delivery in deliveries:
+            session.deliver(delivery)
+        self.stats.late_handovers += 1
+        log.info("client %r: %d messages handed over late", client_id, len(deliveries))
+        return True
 
     def adopt(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         """Hold a dead node's persistent session until its client returns (``hooks.NodeEvents``)."""

@@ -91,7 +91,12 @@ class Publishing(NodePart):
     def route(
         self, message: Message, publisher: ClientProtocol | None = None
     ) -> tuple[int, Awaitable[None] | None]:
-        """Deliver to local subscribers and forward to other nodes that want it."""
+        """Stamp its identity, deliver to local subscribers, and forward to other nodes
+        that want it."""
+        stamps = self.stamps  # inline: this runs for every PUBLISH
+        stamps.last += 1
+        message.origin = stamps.node_id
+        message.seq = stamps.last
         matched = self.fanout.deliver(message, publisher)
         return matched, self.hooks.forward(message)
 

@@ -51,6 +51,11 @@ class Stats:
     deliveries_denied: int = 0
     """Messages not delivered to a subscriber because the ACL denies it the topic."""
     wills_published: int = 0
+    handover_duplicates: int = 0
+    """Copies of a moving session's messages that reached it both directly and in the
+    hand-over, delivered once (``handover_merge.py``)."""
+    late_handovers: int = 0
+    """Hand-overs that came after their session had resumed here, added to it then."""
     retained_bytes: int = 0
     """Topic + payload bytes of every retained message, counted against max_retained_bytes."""
     limits: LimitCounters = field(default_factory=LimitCounters)

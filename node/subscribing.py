@@ -136,25 +136,37 @@ class Subscriptions(NodePart):
         client.send(Unsuback(packet.packet_id, codes))
 
     async def add(self, client_id: str, sub: Subscription) -> None:
-        """Enter ``sub`` in the local index once this node's route for it is committed."""
+        """Enter ``sub`` in the local index, and return once this node's route for it is
+        live cluster-wide.
+
+        The index comes first: other nodes forward as soon as they apply the
+        route, before this node hears back, and what they send must find the
+        subscriber here. Should the route fail, the entry goes again.
+        """
         key = RouteKey(sub.share_group, sub.topic_filter)
-        await self.routes.acquire(key)
         fanout = self.fanout
         if sub.share_group is None:
             added = fanout.subscriptions.add(sub.topic_filter, client_id, sub)
         else:
             added = fanout.shared.add(sub.topic_filter, (sub.share_group, client_id), sub)
+        try:
+            await self.routes.acquire(key)
+        except BaseException:
+            if added:  # acquire gave its count back already
+                self._unindex(client_id, sub)
+            raise
         if not added:  # it replaced this client's subscription, counted already
             self.routes.release(key)
 
     def remove(self, client_id: str, sub: Subscription) -> None:
+        if self._unindex(client_id, sub):
+            self.routes.release(RouteKey(sub.share_group, sub.topic_filter))
+
+    def _unindex(self, client_id: str, sub: Subscription) -> bool:
         fanout = self.fanout
         if sub.share_group is None:
-            removed = fanout.subscriptions.remove(sub.topic_filter, client_id)
-        else:
-            removed = fanout.shared.remove(sub.topic_filter, (sub.share_group, client_id))
-        if removed:
-            self.routes.release(RouteKey(sub.share_group, sub.topic_filter))
+            return fanout.subscriptions.remove(sub.topic_filter, client_id)
+        return fanout.shared.remove(sub.topic_filter, (sub.share_group, client_id))
 
     def __len__(self) -> int:
         """How many subscriptions this node holds, plain and shared."""

@@ -108,7 +108,23 @@ class Handover:
     messages: SessionMessages = field(default_factory=SessionMessages)
 
 
-Item = Forwarded | Kick | Handover
+@dataclass(slots=True)
+class Barrier:
+    """Answer with ``BarrierReply(token)`` once ``applied`` commands are applied here."""
+
+    token: int
+    applied: int
+
+
+@dataclass(slots=True)
+class BarrierReply:
+    """The answer to the ``Barrier`` with ``token``: everything the sender forwarded
+    before it was sent, the sender routes by the state the barrier named."""
+
+    token: int
+
+
+Item = Forwarded | Kick | Handover | Barrier | BarrierReply
 
 
 @dataclass(slots=True)
@@ -146,6 +162,12 @@ def encode_frame(
                 kick.epoch = item.epoch
             elif type(item) is Handover:
                 _fill_handover(slot.init("handover"), item, now)
+            elif type(item) is Barrier:
+                barrier = slot.init("barrier")
+                barrier.token = item.token
+                barrier.applied = item.applied
+            elif type(item) is BarrierReply:
+                slot.barrierReply = item.token
             else:
                 raise TypeError(f"cannot put {type(item).__name__} in a frame")
     return frame.to_bytes()
@@ -156,6 +178,8 @@ def _fill_publish(out: Any, message: Message, groups: tuple[RouteKey, ...], now:
     out.payload = message.payload
     if message.qos:
         out.qos = message.qos
+    if message.seq:
+        out.originSeq = message.seq
     if message.retain:
         out.retain = True
     if message.properties or message.expires_at is not None:
@@ -187,7 +211,10 @@ def _fill_properties(out: Any, message: Message, now: float) -> None:
 
 
 def _fill_delivery(out: Any, delivery: Delivery, now: float) -> None:
-    _fill_publish(out.init("message"), delivery.message, (), now)
+    message = delivery.message
+    _fill_publish(out.init("message"), message, (), now)
+    if message.origin:
+        out.origin = message.origin
     out.qos = delivery.qos
     out.retain = delivery.retain
     if delivery.subscription_ids:
@@ -212,6 +239,10 @@ def _fill_handover(out: Any, handover: Handover, now: float) -> None:
     incoming = out.init("incomingQos2", len(held.incoming_qos2))
     for i, packet_id in enumerate(sorted(held.incoming_qos2)):
         incoming[i] = packet_id
+    seen = out.init("seen", len(held.seen))
+    for i, (node, seq) in enumerate(sorted(held.seen.items())):
+        seen[i].node = node
+        seen[i].seq = seq
 
 
 # -- decoding -----------------------------------------------------------------
@@ -246,6 +277,11 @@ def _read_frame(frame: Any, now: float) -> Frame:
             items.append(Kick(_client_id(kick), kick._get("epoch")))
         elif kind == "handover":
             items.append(_read_handover(slot._get("handover"), now))
+        elif kind == "barrier":
+            barrier = slot._get("barrier")
+            items.append(Barrier(barrier.token, barrier.applied))
+        elif kind == "barrierReply":
+            items.append(BarrierReply(slot._get("barrierReply")))
         else:  # pragma: no cover - pycapnp reports unknown union members by number
             raise FrameError(f"frame {seq}: unknown item kind {kind!r}")
     if items and not seq:
@@ -265,7 +301,14 @@ def _read_message(publish: Any, now: float) -> Message:
     if publish._has("properties"):
         expires_at = _read_properties(publish._get("properties"), props, now)
     return Message(
-        topic, publish._get("payload"), qos, publish._get("retain"), props, None, expires_at
+        topic,
+        publish._get("payload"),
+        qos,
+        publish._get("retain"),
+        props,
+        None,
+        expires_at,
+        seq=publish._get("originSeq"),
     )
 
 
@@ -308,6 +351,7 @@ def _client_id(src: Any) -> str:
 
 def _read_delivery(src: Any, now: float) -> Delivery:
     message = _read_message(src.message, now)
+    message.origin = src.origin
     qos = src.qos
     if qos > message.qos:
         raise FrameError(f"delivery on {message.topic!r} at QoS {qos} above the message's")
@@ -323,4 +367,6 @@ def _read_handover(src: Any, now: float) -> Handover:
             raise FrameError(f"hand-over of {client_id!r}: bad packet id {packet_id}")
         outgoing[packet_id] = Outgoing(_read_delivery(entry.delivery, now), entry.released)
     queued = [_read_delivery(d, now) for d in src.queued]
-    return Handover(client_id, src.epoch, SessionMessages(queued, outgoing, set(src.incomingQos2)))
+    seen = {mark.node: mark.seq for mark in src.seen}
+    held = SessionMessages(queued, outgoing, set(src.incomingQos2), seen)
+    return Handover(client_id, src.epoch, held)

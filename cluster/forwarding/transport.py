@@ -59,6 +59,8 @@ from raftmq.node.message import Message
 from ..rpc import channel_options, unwrap, wrap
 from ..tls import NodeTLS
 from .frames import (
+    Barrier,
+    BarrierReply,
     Forwarded,
     FrameError,
     Handover,
@@ -112,6 +114,11 @@ class PeerInbox(Protocol):
     def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None: ...
 
     def handover_from_peer(self, origin: str, handover: Handover) -> None: ...
+
+    def barrier_from_peer(self, origin: str, token: int, applied: int) -> None:
+        """Reply (``Forwarder.reply_barrier``) once ``applied`` commands are applied here."""
+
+    def barrier_reply_from_peer(self, origin: str, token: int) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -309,8 +316,12 @@ class PeerChannel:
                         inbox.publish_from_peer(origin, item.message, item.shared_groups)
                     elif type(item) is Kick:
                         inbox.kick_from_peer(origin, item.client_id, item.epoch)
-                    else:
+                    elif type(item) is Handover:
                         inbox.handover_from_peer(origin, item)
+                    elif type(item) is Barrier:
+                        inbox.barrier_from_peer(origin, item.token, item.applied)
+                    else:
+                        inbox.barrier_reply_from_peer(origin, item.token)
                 except Exception:
                     log.exception("from node %r: handling %r failed", origin, item)
             if link.ack_due:
@@ -459,13 +470,25 @@ class Forwarder:
         """Move a session's messages to ``node_id``; done when it has taken them."""
         return self._send_control(node_id, handover)
 
+    def barrier(self, node_id: str, token: int, applied: int) -> None:
+        """Ask ``node_id`` for ``BarrierReply(token)`` once it has applied ``applied``
+        commands; nothing comes back if it cannot (the asker's wait is bounded)."""
+        self._channel(node_id).enqueue(Barrier(token, applied), None)
+
+    def reply_barrier(self, node_id: str, token: int) -> None:
+        """Answer ``node_id``'s barrier, behind everything already queued for it."""
+        self._channel(node_id).enqueue(BarrierReply(token), None)
+
     def _send_control(self, node_id: str, item: Item) -> Awaitable[None]:
+        waiter = _Countdown(asyncio.get_running_loop().create_future(), 1)
+        self._channel(node_id).enqueue(item, waiter)
+        return waiter.future
+
+    def _channel(self, node_id: str) -> PeerChannel:
         channel = self._channels.get(node_id)
         if channel is None:
             raise UnknownPeer(f"node {self.node_id!r} has no forwarding link to {node_id!r}")
-        waiter = _Countdown(asyncio.get_running_loop().create_future(), 1)
-        channel.enqueue(item, waiter)
-        return waiter.future
+        return channel
 
     def status(self) -> dict[str, PeerStatus]:
         return {node_id: ch.status() for node_id, ch in sorted(self._channels.items())}

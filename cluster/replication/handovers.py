@@ -1,16 +1,24 @@
 """Where a session's messages, handed over by the node that held it, meet the CONNECT
 that resumes it here.
 
-The two come from different places and in either order: the claim commits
-through Raft, the node that held the session applies it and sends the
-messages over its forwarding stream, and the CONNECT waits for them after
-its own commit. Each hand-over is keyed by (client id, epoch of the claim).
+The two come from different places: the claim commits through Raft, the node
+that held the session lets it go once the claimer's routes are live
+everywhere (``releases.py``) and sends its messages over its forwarding
+stream, and the CONNECT waits for them after routing the session here. Each
+hand-over is keyed by (client id, epoch of the claim), expected from the
+moment the claim returns.
+
+A hand-over that comes when no CONNECT waits for it any more (it timed out,
+or the sender restarted after a crash and hands back what it still held) is
+late: it goes to ``late``, which adds its messages to the session as it is
+then, or drops them with a warning when the client id has moved on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ..forwarding.frames import Handover
 
@@ -23,22 +31,44 @@ HANDOVER_TIMEOUT = 3.0
 class Handovers:
     """Hand-overs on their way to the CONNECT that resumes them, each met once."""
 
-    def __init__(self, timeout: float = HANDOVER_TIMEOUT) -> None:
+    def __init__(
+        self, late: Callable[[str, Handover], None], timeout: float = HANDOVER_TIMEOUT
+    ) -> None:
         self.timeout = timeout
-        self._pending: dict[tuple[str, int], asyncio.Future[Handover]] = {}
-        """(client id, epoch) -> the hand-over of a session resumed here, awaited or early."""
+        self.late = late
+        """Called with (sender, hand-over) for one no CONNECT waits for."""
+        self.dropped = 0
+        """Messages of hand-overs dropped because their client id had moved on."""
+        self._pending: dict[tuple[str, int], asyncio.Future[tuple[str, Handover]]] = {}
+        """(client id, epoch) -> (sender, hand-over) of a claim made here, expected or
+        waited for."""
+
+    def expect(self, client_id: str, epoch: int) -> None:
+        """Our claim of ``client_id`` at ``epoch`` resumes a session another node holds.
+
+        Should its CONNECT never wait for the messages (it failed after the
+        claim), a hand-over that came is passed on as late after a while.
+        """
+        key = (client_id, epoch)
+        if key not in self._pending:
+            self._pending[key] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(3 * self.timeout, self._untaken, key)
 
     async def wait(self, node_id: str, client_id: str, epoch: int) -> Handover | None:
-        """The hand-over ``node_id`` sends once it applies our claim; None if it never comes
-        (that node is down: the session resumes with its subscriptions only)."""
+        """The hand-over ``node_id`` sends once it lets the session go; None if it does
+        not come in time (the session resumes with its subscriptions, and what comes
+        later is added as late)."""
         key = (client_id, epoch)
-        future, _ = self._future(key)
+        future = self._pending.get(key)
+        if future is None:
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            _, handover = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            return handover
         except TimeoutError:
             log.warning(
                 "client %r resumes without the messages node %s held for it: "
-                "no hand-over within %.1f s",
+                "no hand-over within %.1f s (they are added when they come)",
                 client_id,
                 node_id,
                 self.timeout,
@@ -48,36 +78,31 @@ class Handovers:
             self._pending.pop(key, None)
 
     def arrived(self, origin: str, handover: Handover) -> None:
-        """A peer gave up a session we claimed: pass its messages to the CONNECT resuming it.
+        """A peer let go of a session: to the CONNECT resuming it, or late."""
+        future = self._pending.get((handover.client_id, handover.epoch))
+        if future is None or future.done():
+            self.late(origin, handover)
+        else:
+            future.set_result((origin, handover))
 
-        It may arrive before that CONNECT waits for it (the peer applied the
-        claim first); it is kept for a while, then dropped with a warning.
-        """
-        key = (handover.client_id, handover.epoch)
-        future, new = self._future(key)
-        if new:
-            asyncio.get_running_loop().call_later(2 * self.timeout, self._drop_untaken, key, origin)
-        if not future.done():
-            future.set_result(handover)
-
-    def _future(self, key: tuple[str, int]) -> tuple[asyncio.Future[Handover], bool]:
-        """The future a hand-over meets its CONNECT in, and whether it was just made."""
-        future = self._pending.get(key)
-        if future is not None:
-            return future, False
-        future = self._pending[key] = asyncio.get_running_loop().create_future()
-        return future, True
-
-    def _drop_untaken(self, key: tuple[str, int], origin: str) -> None:
-        future = self._pending.get(key)
-        if future is None or not future.done():
-            return
-        del self._pending[key]
-        handover = future.result()
+    def drop(self, origin: str, handover: Handover, why: str) -> None:
+        """A hand-over nobody can take: its messages are counted and logged, never silent."""
+        held = handover.messages
+        count = len(held.queued) + len(held.outgoing)
+        self.dropped += count
         log.warning(
-            "node %s handed over client %r (epoch %d) and no CONNECT took it: %d messages dropped",
+            "node %s handed over client %r (epoch %d): %d messages dropped, %s",
             origin,
             handover.client_id,
             handover.epoch,
-            len(handover.messages.queued) + len(handover.messages.outgoing),
+            count,
+            why,
         )
+
+    def _untaken(self, key: tuple[str, int]) -> None:
+        future = self._pending.get(key)
+        if future is None:
+            return  # waited for
+        del self._pending[key]
+        if future.done():
+            self.late(*future.result())

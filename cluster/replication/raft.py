@@ -52,6 +52,7 @@ from pysyncobj.syncobj import SyncObjException  # noqa: E402
 from raftmq.node.hooks import ClusterUnavailable  # noqa: E402
 
 from .commands import Rejected  # noqa: E402
+from .raft_types import Applied, RaftOptions, RaftStatus  # noqa: E402
 from .state import ClusterState  # noqa: E402
 
 socket.inet_ntop = _inet_ntop
@@ -93,60 +94,6 @@ def raft_password(secret: str) -> str:
     material shared with other cluster channels (SWIM, gRPC).
     """
     return hmac.new(secret.encode(), b"raftmq raft transport", hashlib.sha256).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """One command applied to the state, as the apply listener sees it."""
-
-    command: object
-    result: object
-    mine: bool
-    """Submitted by this RaftNode (this process: replays after a restart are not mine)."""
-    orphaned: bool
-    """Mine, but its submitter gave up waiting (timed out, cancelled): nobody saw the result."""
-
-
-@dataclass(slots=True)
-class RaftOptions:
-    """Timing and storage knobs; the defaults suit a LAN or loopback."""
-
-    commit_timeout: float = 5.0
-    """How long ``submit`` waits for a commit before raising ClusterUnavailable."""
-    election_timeout: tuple[float, float] = (0.4, 1.4)
-    heartbeat_interval: float = 0.1
-    connection_timeout: float = 3.5
-    connection_retry: float = 1.0
-    leader_fallback: float = 2.0
-    """A leader that hears from no majority for this long steps down."""
-    max_inflight_batches: int = 1
-    """Batches of this node awaiting commit at once; more pending commands wait
-    and join the next batch (group commit)."""
-    retry_delay: float = 0.05
-    """Pause before resending a batch pysyncobj surely dropped (no leader yet, ...)."""
-    bind_retries: int = 3
-    max_entry_bytes: int = 4 * 1024 * 1024
-    """Largest log entry; a bigger batch is split, a bigger single command refused."""
-    compaction_min_entries: int = 5000
-    compaction_min_time: float = 300.0
-    fork_snapshots: bool = True
-    """Write full dumps from a forked child, so a large state never stalls Raft."""
-
-
-@dataclass(frozen=True, slots=True)
-class RaftStatus:
-    node_id: str
-    role: str
-    leader: str | None
-    term: int
-    commit_index: int
-    last_applied: int
-    has_quorum: bool
-    peers: dict[str, bool]
-    """Peer node id -> connected."""
-    listener_failures: int = 0
-    """Apply or restore listeners that raised: each is a bug (logged with its
-    traceback); the fault suite requires none."""
 
 
 @dataclass(slots=True)
@@ -246,6 +193,8 @@ class RaftNode:
         self._node_of_address[address] = node_id
         self._origin = f"{node_id}/{secrets.token_hex(8)}"
         self._listeners: list[Callable[[Applied], None]] = []
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        """Who waits for the state to reach a count of applied commands (``wait_applied``)."""
         self.listener_failures = 0
         """Apply and restore listeners that raised (``RaftStatus.listener_failures``)."""
         self._restore_listeners: list[Callable[[ClusterState], None]] = []
@@ -521,6 +470,32 @@ class RaftNode:
                 future.set_result(result)
             if self._running:
                 self._notify(Applied(command, result, mine, orphaned))
+        if self._applied_waiters:
+            self._wake_applied()
+
+    async def wait_applied(self, applied: int, timeout: float) -> bool:
+        """Wait until this node's state has applied ``applied`` commands
+        (``ClusterState.applied``); False if that did not happen within ``timeout``."""
+        if self.state.applied >= applied:
+            return True
+        if self._loop is None or not self._running:
+            return False
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._applied_waiters.append((applied, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._applied_waiters.remove((applied, future))
+        return True
+
+    def _wake_applied(self) -> None:
+        applied = self.state.applied
+        for wanted, future in self._applied_waiters:
+            if wanted <= applied and not future.done():
+                future.set_result(None)
 
     def _notify(self, applied: Applied) -> None:
         for listener in self._listeners:
@@ -535,6 +510,7 @@ class RaftNode:
 
     def _restored(self, snapshot: dict[str, Any]) -> None:
         self.state.restore(snapshot)
+        self._wake_applied()
         if not self._running:
             return
         for listener in self._restore_listeners:

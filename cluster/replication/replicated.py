@@ -14,12 +14,10 @@ it to ``publish_from_peer``, ``kick_from_peer`` and ``handover_from_peer``,
 which pass it on to the broker's ``NodeEvents`` (``deliver_forwarded``,
 ``kick_client``), or to the CONNECT waiting for a hand-over.
 
-``forward`` is on the PUBLISH hot path: the set of nodes a topic goes to is
-cached per topic and the cache is dropped whenever routes change (rare next
-to publishes). A topic no other node wants costs one dict lookup and returns
-None. A share group with a member on this node is served here; otherwise one
-node with members is picked per message, round robin, and told to serve it,
-so each group gets each message once cluster-wide.
+``forward`` is on the PUBLISH hot path: it is ``plans.ForwardingPlans``'s.
+A route added here is live everywhere before ``add_route`` returns (a route
+barrier, ``barriers.py``), and a session that moves away is let go only once
+nothing can fall between the two nodes (``releases.py``).
 """
 
 from __future__ import annotations
@@ -42,10 +40,10 @@ from raftmq.node.hooks import (
 )
 from raftmq.node.message import Message
 from raftmq.node.packets import Will
-from raftmq.node.round_robin import RoundRobin
 from raftmq.node.session import Subscription
 
 from ..forwarding.frames import Handover
+from .barriers import BARRIER_TIMEOUT, BarrierLinks, RouteBarriers
 from .commands import (
     ROUTE_COMMANDS,
     AddRoute,
@@ -74,7 +72,9 @@ from .convert import (
 )
 from .handovers import Handovers
 from .lease import LeaseKeeper
+from .plans import DEFAULT_PLAN_CACHE_SIZE, ForwardingPlans
 from .raft import Applied, RaftNode, RaftStatus
+from .releases import SessionReleases
 from .state import ClusterState
 
 if TYPE_CHECKING:
@@ -82,14 +82,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raftmq.cluster")
 
-DEFAULT_PLAN_CACHE_SIZE = 65_536
 ANNOUNCE_RETRY = 1.0
 CLAIM_ATTEMPTS = 3
 """A CONNECT's claim is retried when fenced (another claim of the client came
 first); after this many the client is told "server unavailable"."""
 
 
-class Peers(Protocol):
+class Peers(BarrierLinks, Protocol):
     """What carries this node's messages to the others (``forwarding.transport.Forwarder``)."""
 
     def start(self, inbox: PeerInbox) -> None:
@@ -126,19 +125,6 @@ class Service(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """Where one topic goes: nodes that always get it, and share groups to pick a node for."""
-
-    targets: tuple[str, ...]
-    """Other nodes with plain routes matching the topic."""
-    groups: tuple[tuple[RouteKey, tuple[str, ...]], ...]
-    """(group, candidate nodes) for each matching share group with no member on this node."""
-
-
-NO_PLAN = _Plan((), ())
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     raft: RaftStatus
     members: tuple[str, ...]
@@ -163,13 +149,15 @@ class RaftCluster:
         services: Sequence[Service] = (),
         plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
         lease: tuple[float, float] = (3.0, 1.0),
+        barrier_timeout: float = BARRIER_TIMEOUT,
     ) -> None:
         """``members``: the cluster's node ids, committed at start so that a dead
         node's persistent sessions can be re-homed among the live ones.
         ``services`` start (in order) once ``peers`` stream to this cluster and
         before Raft, so that what Raft commits at startup can be served at once;
         they stop, in reverse, after Raft. ``lease``: (cluster_lease,
-        cluster_lease_margin), see ``lease.py``."""
+        cluster_lease_margin), see ``lease.py``; ``barrier_timeout``: how long a route
+        barrier waits for a peer (``route_barrier_timeout``)."""
         self.node_id = raft.node_id
         self.raft = raft
         self.peers = peers
@@ -179,11 +167,12 @@ class RaftCluster:
         self._claims: dict[str, int] = {}
         """Client id -> epoch of the claim this node holds for it."""
         self._retained_topics: set[str] = set()
-        self._plans: dict[str, _Plan] = {}
-        self._plan_cache_size = plan_cache_size
-        self._share_turns: RoundRobin[RouteKey] = RoundRobin()
+        self.plans = ForwardingPlans(self.node_id, lambda: self.raft.state, peers, plan_cache_size)
+        self.forward = self.plans.forward  # ClusterHooks.forward, with no call in between
+        self.barriers = RouteBarriers(raft, peers, barrier_timeout)
+        self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers)
         self._tasks = Background()
-        self.handovers = Handovers()
+        self.handovers = Handovers(self._late_handover)
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
         self.lease = LeaseKeeper(raft, *lease)
@@ -211,6 +200,7 @@ class RaftCluster:
 
     async def stop(self) -> None:
         await self._tasks.cancel()
+        await self.barriers.stop()
         try:
             await self.raft.stop()
         finally:
@@ -276,6 +266,8 @@ class RaftCluster:
             raise ClusterUnavailable(f"client {client_id!r} was claimed by {holder} meanwhile")
         self._claims[client_id] = result.epoch
         previous = result.previous_owner
+        if result.session is not None and previous not in (None, self.node_id):
+            self.handovers.expect(client_id, result.epoch)
         if previous is not None and previous != self.node_id and previous not in self.state.down:
             # The previous node disconnects the client when it applies the claim; the kick
             # gets there first when that node's Raft lags, and says when it has let go.
@@ -304,6 +296,8 @@ class RaftCluster:
         self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
     ) -> None:
         """A publish ``origin`` forwarded: to this node's subscribers (and ``shared_groups``)."""
+        message.origin = origin
+        self.releases.heard[origin] = message.seq
         if self._node is not None:
             self._node.deliver_forwarded(message, shared_groups)
 
@@ -313,8 +307,25 @@ class RaftCluster:
             self._node.kick_client(client_id, epoch)
 
     def handover_from_peer(self, origin: str, handover: Handover) -> None:
-        """``origin`` gave up a session we claimed: its messages, for the CONNECT resuming it."""
+        """``origin`` let go of a session we claimed: its messages, for the CONNECT
+        resuming it."""
         self.handovers.arrived(origin, handover)
+
+    def _late_handover(self, origin: str, handover: Handover) -> None:
+        """No CONNECT waits for ``handover`` any more: its messages go to the session as
+        it is now, while the claim is still ours."""
+        client_id = handover.client_id
+        node = self._node
+        ours = node is not None and self._claims.get(client_id) == handover.epoch
+        if ours and node.take_late_handover(client_id, handover.messages):
+            return
+        self.handovers.drop(origin, handover, "the client id has moved on since")
+
+    def barrier_from_peer(self, origin: str, token: int, applied: int) -> None:
+        self.barriers.asked(origin, token, applied)
+
+    def barrier_reply_from_peer(self, origin: str, token: int) -> None:
+        self.barriers.replied(origin, token)
 
     # -- ClusterHooks, continued ---------------------------------------------------
 
@@ -336,7 +347,14 @@ class RaftCluster:
             del self._claims[client_id]
 
     async def add_route(self, share_group: str | None, topic_filter: str) -> None:
+        """Committed, and then live on every live peer (a route barrier), so that a
+        SUBACK sent after it means a publish made anywhere reaches the subscriber."""
         await self.raft.submit(AddRoute(self.node_id, topic_filter, share_group))
+        await self.barriers.everywhere(self._live_peers())
+
+    def _live_peers(self) -> list[str]:
+        down = self.state.down
+        return [node_id for node_id in self.raft.peers if node_id not in down]
 
     async def remove_route(self, share_group: str | None, topic_filter: str) -> None:
         await self.raft.submit(RemoveRoute(self.node_id, topic_filter, share_group))
@@ -351,18 +369,6 @@ class RaftCluster:
             return  # another node claimed the client since: its will is not ours to set
         record = None if will is None else will_record(will)
         await self.raft.submit(RegisterWill(client_id, self.node_id, epoch, record))
-
-    def forward(self, message: Message) -> Awaitable[None] | None:
-        topic = message.topic
-        plan = self._plans.get(topic)
-        if plan is None:
-            plan = self._plan(topic)
-        if plan is NO_PLAN:
-            return None
-        if not plan.groups:
-            return self.peers.send(plan.targets, message)
-        targets, shared_groups = self._pick(plan)
-        return self.peers.send(targets, message, shared_groups)
 
     # -- administration --------------------------------------------------------------
 
@@ -390,41 +396,12 @@ class RaftCluster:
             wills=len(state.wills),
         )
 
-    # -- forwarding plans ----------------------------------------------------------
-
-    def _plan(self, topic: str) -> _Plan:
-        plain, shared = self.state.route_targets(topic)
-        me = self.node_id
-        groups = tuple(
-            (RouteKey(group, topic_filter), nodes)
-            for group, topic_filter, nodes in shared
-            if me not in nodes  # else a local member takes it: the broker delivers to it
-        )
-        plan = _Plan(tuple(sorted(plain - {me})), groups)
-        if not plan.targets and not plan.groups:
-            plan = NO_PLAN
-        if len(self._plans) >= self._plan_cache_size:
-            self._plans.clear()
-        self._plans[topic] = plan
-        return plan
-
-    def _pick(self, plan: _Plan) -> tuple[list[str], dict[str, tuple[RouteKey, ...]]]:
-        """One node per remote share group, round robin among the nodes with members."""
-        targets = list(plan.targets)
-        shared_groups: dict[str, tuple[RouteKey, ...]] = {}
-        for key, nodes in plan.groups:
-            node = nodes[self._share_turns.pick(key, len(nodes))]
-            shared_groups[node] = (*shared_groups.get(node, ()), key)
-            if node not in targets:
-                targets.append(node)
-        return targets, shared_groups
-
     # -- reacting to applied commands ------------------------------------------------
 
     def _on_applied(self, applied: Applied) -> None:
         command = applied.command
         if isinstance(command, ROUTE_COMMANDS):
-            self._plans.clear()
+            self.plans.clear()
         if isinstance(command, ClaimClient):
             self._claim_applied(command, applied)
         elif isinstance(command, SetRetained):
@@ -458,12 +435,13 @@ class RaftCluster:
         if node is None:
             return
         ours = result.previous_owner == self.node_id
-        resumed = ours and result.session is not None
-        held = node.surrender_session(command.client_id, result.epoch, resumed)
-        if not resumed:
-            return
-        handover = Handover(command.client_id, result.epoch, held or SessionMessages())
-        self._tasks.run(self.peers.hand_over(command.node_id, handover))
+        record = result.session if ours else None
+        node.surrender_session(command.client_id, result.epoch, record is not None)
+        if isinstance(record, SessionRecord):
+            release = self.releases.release(
+                node, command.node_id, command.client_id, result.epoch, record
+            )
+            self._tasks.run(release)
 
     def _retained_applied(self, topic: str, record: RetainedRecord | None) -> None:
         node = self._node
@@ -512,12 +490,18 @@ class RaftCluster:
         if node is None:
             return
         state = self.state
+        down = state.down
         for client_id in sorted(self._replayed):
             owner = state.owners.get(client_id)
-            if owner is None or owner.node_id != self.node_id:
+            if owner is not None and owner.node_id == self.node_id:
+                self._adopt(node, client_id, owner.epoch)
+            elif owner is not None and client_id in state.sessions and owner.node_id not in down:
+                # It moved on while this node was down: what this node still holds of it
+                # goes to its owner, late, rather than being thrown away.
+                hand_back = self.releases.hand_back(node, owner.node_id, client_id, owner.epoch)
+                self._tasks.run(hand_back)
+            else:
                 node.surrender_session(client_id, state.next_epoch, False)
-                continue
-            self._adopt(node, client_id, owner.epoch)
         self._replayed.clear()
 
     def _adopt(self, node: NodeEvents, client_id: str, epoch: int) -> None:
@@ -530,7 +514,7 @@ class RaftCluster:
 
     def _on_restored(self, state: ClusterState) -> None:
         """A snapshot replaced the state: resync what per-command events would have done."""
-        self._plans.clear()
+        self.plans.clear()
         node = self._node
         if node is None:
             return

@@ -70,6 +70,9 @@ class ClusterState:
         }
 
     def _reset(self) -> None:
+        self.applied = 0
+        """Commands applied so far, counted alike on every replica: a position in the
+        log that nodes compare (the forwarding's route barrier)."""
         self.members: tuple[str, ...] = ()
         self.down: set[str] = set()
         self.next_epoch = 1
@@ -88,6 +91,7 @@ class ClusterState:
         Raising here would stall the Raft apply loop on the same entry forever,
         so anything this state does not understand becomes a ``Rejected``.
         """
+        self.applied += 1
         handler = self._handlers.get(type(command))
         if handler is None:
             return Rejected(f"unknown command type {type(command).__name__}")
@@ -263,6 +267,7 @@ class ClusterState:
         """
         return {
             "version": SNAPSHOT_VERSION,
+            "applied": self.applied,
             "members": self.members,
             "down": tuple(sorted(self.down)),
             "next_epoch": self.next_epoch,
@@ -284,6 +289,7 @@ class ClusterState:
                 f"cluster state snapshot has version {version!r}, expected {SNAPSHOT_VERSION}"
             )
         self._reset()
+        self.applied = snapshot.get("applied", 0)
         self.members = tuple(snapshot["members"])
         self.down = set(snapshot["down"])
         self.next_epoch = snapshot["next_epoch"]

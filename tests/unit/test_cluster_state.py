@@ -108,7 +108,9 @@ def test_a_claim_fenced_by_a_newer_owner_changes_nothing() -> None:
     assert isinstance(newer, ClaimResult) and newer.previous_owner == "n1"
     before = state.snapshot()
     assert state.apply(late) == ClaimFenced(newer.epoch)
-    assert state.snapshot() == before  # not even an epoch spent
+    after = state.snapshot()
+    assert after.pop("applied") == before.pop("applied") + 1  # counted, as every command is
+    assert after == before  # and nothing else: not even an epoch spent
     assert state.owners.get("c1") == Owner("n3", newer.epoch)
     assert state.sessions["c1"].subscriptions == (StoredSubscription("t/#", 1),)
 
@@ -332,7 +334,7 @@ def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> No
 def test_unknown_commands_are_rejected_not_raised() -> None:
     state = ClusterState()
     assert isinstance(state.apply(("claim", "c1")), Rejected)
-    assert state.snapshot() == ClusterState().snapshot()
+    assert state.snapshot() == {**ClusterState().snapshot(), "applied": 1}
 
 
 # -- snapshots ------------------------------------------------------------------
@@ -485,3 +487,19 @@ moved to ``replication/commands.py`` (then ``raftmq.cluster.state``)."""
 def test_log_entries_keep_the_format_journals_and_peers_already_hold() -> None:
     assert pickle.loads(EARLIER_ENTRY) == LOGGED_COMMANDS
     assert pickle.dumps(LOGGED_COMMANDS, pickle.HIGHEST_PROTOCOL) == EARLIER_ENTRY
+
+
+def test_every_command_counts_as_applied_and_the_count_survives_a_snapshot() -> None:
+    """``applied`` is the log position route barriers compare across nodes: every
+    command counts, refused or unknown ones too, and a restored node goes on from it."""
+    state = ClusterState()
+    state.apply(SetMembers(("n1", "n2")))
+    state.apply(AddRoute("n1", "a/#", None))
+    state.apply(RemoveRoute("n2", "never/added", None))  # changes nothing, still counted
+    assert isinstance(state.apply(object()), Rejected)
+    assert state.applied == 4
+    restored = ClusterState()
+    restored.restore(state.snapshot())
+    assert restored.applied == 4
+    restored.apply(AddRoute("n2", "b", None))
+    assert restored.applied == 5

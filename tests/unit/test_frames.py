@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from raftmq.cluster.forwarding.frames import (
     FORWARDED_PROPERTIES,
+    Barrier,
+    BarrierReply,
     Forwarded,
     FrameError,
     Handover,
@@ -131,6 +133,34 @@ def test_kick_and_handover_round_trip_in_order_with_publishes() -> None:
     assert h.outgoing[7].delivery.subscription_ids == (1,)
     assert h.queued[0].message.properties == {"user_property": [("a", "b")]}
     assert got[3].message.properties == {"content_type": "text/plain"}
+
+
+def test_message_identities_seen_marks_and_barriers_round_trip() -> None:
+    """What a session move needs on the wire: each message's identity (its sequence on
+    the frame's sender for a forwarded publish, origin and sequence inside a hand-over),
+    the hand-over's per-origin marks, and route barriers with their answers."""
+    forwarded = Message.create("t/1", b"a", 1, False)
+    forwarded.seq = 2**53 + 7
+    relayed = Message.create("t/2", b"b", 2, False)
+    relayed.origin, relayed.seq = "n3", 1_764_000_000_000_001
+    unstamped = Message.create("$SYS/x", b"c", 0, False)
+    held = SessionMessages(
+        queued=[Delivery(relayed, 2, False), Delivery(unstamped, 0, False)],
+        outgoing={5: Outgoing(Delivery(forwarded, 1, False))},
+        seen={"n3": 1_764_000_000_000_009, "n1": 12},
+    )
+    items = [Forwarded(forwarded), Barrier(77, 1234), Handover("c", 3, held), BarrierReply(77)]
+    got = _roundtrip(items).items
+    assert got[0].message.seq == forwarded.seq
+    assert got[0].message.origin == ""  # the receiver knows who sent the frame
+    assert got[1] == Barrier(77, 1234) and got[3] == BarrierReply(77)
+    h = got[2].messages
+    assert [(d.message.origin, d.message.seq) for d in h.queued] == [
+        ("n3", 1_764_000_000_000_001),
+        ("", 0),
+    ]
+    assert h.outgoing[5].delivery.message.seq == forwarded.seq
+    assert h.seen == {"n3": 1_764_000_000_000_009, "n1": 12}
 
 
 def test_ack_only_frame() -> None:

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.timeout(60)
 
 class RecordingNode:
     """NodeEvents that remember what the cluster asked; ``sessions`` are what
-    ``surrender_session`` gives up."""
+    ``release_session`` gives up."""
 
     def __init__(self) -> None:
         self.kicks: list[tuple[str, int]] = []
@@ -56,6 +56,7 @@ class RecordingNode:
         self.retained: dict[str, Message] = {}
         self.retained_calls: list[tuple[str, Message | None]] = []
         self.adopted: list[tuple[str, int, SessionTransfer]] = []
+        self.late: list[tuple[str, SessionMessages]] = []
         self.hooks: RaftCluster | None = None
 
     def kick_client(self, client_id: str, epoch: int) -> None:
@@ -80,11 +81,15 @@ class RecordingNode:
         else:
             self.retained[topic] = message
 
-    def surrender_session(
-        self, client_id: str, epoch: int, resumed: bool
-    ) -> SessionMessages | None:
+    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> None:
         self.surrendered.append((client_id, epoch, resumed))
+
+    def release_session(self, client_id: str) -> SessionMessages | None:
         return self.sessions.pop(client_id, None)
+
+    def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
+        self.late.append((client_id, messages))
+        return True
 
     def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
         self.adopted.append((client_id, epoch, transfer))
@@ -136,6 +141,25 @@ class LoopbackForwarder:
 
 
 @dataclass
+class NodeLinks:
+    """One node's side of the loopback forwarder: a barrier's answer names who asked."""
+
+    forwarder: LoopbackForwarder
+    node_id: str
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.forwarder, name)
+
+    def barrier(self, node_id: str, token: int, applied: int) -> None:
+        peer = self.forwarder.clusters.get(node_id)
+        if peer is not None and peer.raft.running:
+            peer.barrier_from_peer(self.node_id, token, applied)
+
+    def reply_barrier(self, node_id: str, token: int) -> None:
+        self.forwarder.clusters[node_id].barrier_reply_from_peer(self.node_id, token)
+
+
+@dataclass
 class Cluster:
     trio: Trio
     forwarder: LoopbackForwarder
@@ -144,7 +168,8 @@ class Cluster:
 
     def add(self, node_id: str) -> RaftCluster:
         """A RaftCluster for ``node_id`` on a new RaftNode (its data dir is kept)."""
-        hooks = RaftCluster(self.trio.make(node_id), self.forwarder, members=IDS)
+        links = NodeLinks(self.forwarder, node_id)
+        hooks = RaftCluster(self.trio.make(node_id), links, members=IDS)  # type: ignore[arg-type]
         node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
         hooks.attach(node)
         node.hooks = self.hooks[node_id] = hooks
@@ -228,7 +253,13 @@ async def test_a_persistent_session_follows_its_client(cluster: Cluster) -> None
     resumed = await n3.claim_client("p1", clean_start=False, expiry_interval=60)
     assert resumed.previous_owner == "n1"
     transfer = n3.take_session("p1", resumed)
+    # As the node's SessionMigration.take does: route the session here, then wait. n1
+    # lets go only once it sees these routes (and every peer answered a barrier).
+    await n3.add_route(None, "a/#")
+    await n3.add_route("g", "b")
+    started = time.monotonic()
     held = await n3.handed_over("p1", resumed)
+    assert time.monotonic() - started < 1.5, "let go once routed, not after ROUTE_WAIT"
 
     assert transfer == SessionTransfer(3600, {"a/#": plain, "$share/g/b": shared})
     assert held is not None
@@ -422,7 +453,7 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
     a, b = (cluster.hooks[n] for n in IDS if n != restarted)
     await a.claim_client("moved", clean_start=False, expiry_interval=600)
     await b.claim_client("moved", clean_start=False, expiry_interval=600)
-    kept = await b.claim_client("stayed-on-b", clean_start=False, expiry_interval=600)
+    await b.claim_client("stayed-on-b", clean_start=False, expiry_interval=600)
     await cluster.stop(restarted)
     await a.claim_client("moved", clean_start=False, expiry_interval=600)
     back = cluster.add(restarted)
@@ -433,5 +464,36 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
     await cluster.trio.converged()
     surrendered = node.surrendered
     assert sorted(cid for cid, _, _ in surrendered) == ["moved", "stayed-on-b"], "once each"
-    assert all(not resumed for _, _, resumed in surrendered), "ended here, not handed over"
-    assert all(epoch > kept.epoch for _, epoch, _ in surrendered), "fenced above every claim"
+    assert all(resumed for _, _, resumed in surrendered), "what it held goes to the owner"
+    owners = {cid: a.state.owners[cid] for cid in ("moved", "stayed-on-b")}
+    assert {cid: epoch for cid, epoch, _ in surrendered} == {
+        cid: owner.epoch for cid, owner in owners.items()
+    }, "at the epochs of the claims that own them now"
+    handed = {(to, h.client_id, h.epoch) for to, h in cluster.forwarder.handovers}
+    assert handed >= {(o.node_id, cid, o.epoch) for cid, o in owners.items()}, "handed back"
+    for cid, owner in owners.items():
+        late = cluster.nodes[owner.node_id].late
+        await eventually(lambda cid=cid, late=late: any(c == cid for c, _ in late), 5, "late")
+
+
+async def test_add_route_returns_once_every_live_peer_routes_by_it(cluster: Cluster) -> None:
+    """The route barrier behind "SUBACK means the route is live": when add_route returns,
+    each running peer's state already routes to the new subscriber."""
+    n1 = cluster.hooks["n1"]
+    for i in range(20):
+        await n1.add_route(None, f"live/{i}")
+        for peer in ("n2", "n3"):
+            assert "n1" in cluster.hooks[peer].state.routes[RouteKey(None, f"live/{i}")], peer
+    assert n1.barriers.timeouts == 0
+
+
+async def test_a_silent_peer_is_passed_over_after_the_barrier_timeout(cluster: Cluster) -> None:
+    leader = (await cluster.trio.leader()).node_id
+    silent = next(n for n in IDS if n != leader)
+    asker = cluster.hooks[next(n for n in IDS if n not in (leader, silent))]
+    await cluster.stop(silent)
+    started = time.monotonic()
+    await asker.add_route(None, "with/one/peer/down")
+    waited = time.monotonic() - started
+    assert asker.barriers.timeout <= waited < asker.barriers.timeout + 3
+    assert asker.barriers.timeouts == 1
