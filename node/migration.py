@@ -23,6 +23,9 @@ from .subscribing import Subscriptions
 
 log = logging.getLogger("raftmq.broker")
 
+MAX_LATE_EXPECTED = 10_000
+"""Sessions whose late hand-over is remembered at once (forgotten all at once beyond)."""
+
 
 class SessionMigration(NodePart):
     """This node's side of every session move."""
@@ -33,6 +36,8 @@ class SessionMigration(NodePart):
         super().__init__(node)
         self.sessions = sessions
         self.subscriptions = subscriptions
+        self._direct_from: dict[str, dict[str, int]] = {}
+        """Client id -> ``handover_merge.firsts`` of a session whose hand-over is late."""
 
     async def take(self, client_id: str, claim: Claim, transfer: SessionTransfer) -> None:
         """A session the client left on another node (or that this node lost) becomes ours.
@@ -49,7 +54,12 @@ class SessionMigration(NodePart):
             *(self.subscriptions.add(client_id, sub) for sub in session.subscriptions.values())
         )
         held = await self.hooks.handed_over(client_id, claim)
-        if held is not None and self.sessions.get(client_id) is session:
+        if held is None and self.sessions.get(client_id) is session:
+            # Late, if at all: remember from where each origin reached it directly.
+            if len(self._direct_from) >= MAX_LATE_EXPECTED:
+                self._direct_from.clear()
+            self._direct_from[client_id] = handover_merge.firsts(session.queue)
+        elif held is not None and self.sessions.get(client_id) is session:
             duplicates = handover_merge.merge(session, held)
             self.stats.handover_duplicates += len(duplicates)
 
@@ -121,7 +131,9 @@ class SessionMigration(NodePart):
         session = self.sessions.get(client_id)
         if session is None:
             return False
-        deliveries = [*(o.delivery for o in held.outgoing.values()), *held.queued]
+        deliveries = handover_merge.late(held, self._direct_from.pop(client_id, {}))
+        if not deliveries:
+            return True
         for delivery in deliveries:
             session.deliver(delivery)
         self.stats.late_handovers += 1

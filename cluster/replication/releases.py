@@ -40,8 +40,9 @@ from .state import route_key
 log = logging.getLogger("raftmq.cluster")
 
 ROUTE_WAIT = 2.0
-"""How long the old node waits to see the claimer's routes before letting go anyway
-(the claimer lost its quorum, or its CONNECT failed)."""
+"""How long the old node waits to see the claimer's routes, beyond the longest a claimer
+may wait for the old node's lease (``SessionReleases.route_wait``), before letting go
+anyway: the claimer lost its quorum, or its CONNECT failed."""
 
 
 class HandoverLinks(Protocol):
@@ -57,7 +58,11 @@ class SessionReleases:
         barriers: RouteBarriers,
         links: HandoverLinks,
         live_peers: Callable[[], Collection[str]],
+        route_wait: float,
     ) -> None:
+        """``route_wait``: how long to wait for the claimer's routes (its CONNECT may
+        itself wait up to the lease's takeover bound before it routes anything)."""
+        self.route_wait = route_wait
         self.raft = raft
         self.barriers = barriers
         self.links = links
@@ -93,7 +98,7 @@ class SessionReleases:
         keys = {route_key(sub.topic_filter) for sub in record.subscriptions}
         state = self.raft.state
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ROUTE_WAIT
+        deadline = loop.time() + self.route_wait
         while any(claimer not in state.routes.get(key, ()) for key in keys):
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self.raft.wait_applied(state.applied + 1, remaining):
@@ -103,6 +108,6 @@ class SessionReleases:
                     claimer,
                     sum(claimer in state.routes.get(key, ()) for key in keys),
                     len(keys),
-                    ROUTE_WAIT,
+                    self.route_wait,
                 )
                 return

@@ -74,7 +74,7 @@ from .handovers import Handovers
 from .lease import LeaseKeeper
 from .plans import DEFAULT_PLAN_CACHE_SIZE, ForwardingPlans
 from .raft import Applied, RaftNode, RaftStatus
-from .releases import SessionReleases
+from .releases import ROUTE_WAIT, SessionReleases
 from .state import ClusterState
 
 if TYPE_CHECKING:
@@ -170,12 +170,13 @@ class RaftCluster:
         self.plans = ForwardingPlans(self.node_id, lambda: self.raft.state, peers, plan_cache_size)
         self.forward = self.plans.forward  # ClusterHooks.forward, with no call in between
         self.barriers = RouteBarriers(raft, peers, barrier_timeout)
-        self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers)
         self._tasks = Background()
         self.handovers = Handovers(self._late_handover)
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
         self.lease = LeaseKeeper(raft, *lease)
+        route_wait = self.lease.state.takeover_wait + ROUTE_WAIT
+        self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 

@@ -3,7 +3,7 @@ without sockets, Raft or clocks (the scenarios of cluster/replication/releases.p
 
 from __future__ import annotations
 
-from raftmq.node.handover_merge import had, marks, merge
+from raftmq.node.handover_merge import firsts, had, late, marks, merge
 from raftmq.node.hooks import SessionMessages
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery, Outgoing, Session
@@ -72,3 +72,20 @@ def test_incoming_qos2_ids_come_along() -> None:
 def test_marks_are_the_highest_sequence_per_origin() -> None:
     got = marks([delivery("a", 3), delivery("b", 7), delivery("a", 5), delivery("a", 4)])
     assert got == {"a": 5, "b": 7}
+
+
+def test_a_late_hand_over_brings_only_what_did_not_reach_the_session_directly() -> None:
+    """The old node was paused: the session resumed here without its messages, and they
+    come later. x:3 on reached the session directly (its first direct arrival); the
+    released QoS 2 message reached the client's application already."""
+    direct = session_with(delivery("x", 3), delivery("x", 4))
+    direct_from = firsts(direct.queue)
+    assert direct_from == {"x": 3}
+    held = SessionMessages(
+        queued=[delivery("x", 2), delivery("x", 3), delivery("y", 8)],
+        outgoing={
+            4: Outgoing(delivery("x", 1, qos=2), released=True),
+            5: Outgoing(delivery("w", 1, qos=2)),
+        },
+    )
+    assert names(late(held, direct_from)) == ["w:1", "x:2", "y:8"]
