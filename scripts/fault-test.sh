@@ -7,10 +7,10 @@
 # Needs root (namespaces, a bridge, nftables). Builds the lab, runs the workload
 # under the nemesis for --duration seconds on a seeded schedule, heals, drains,
 # runs the checkers, and prints the report. DIR (default faults-out/<time>) keeps
-# history.jsonl, report.md and the nodes' logs; they are removed again when every
-# checker passed, unless --keep. Exit status: 0 all checkers passed, 1 a violation,
-# 2 the lab cannot run here. Kinds: partition-one, halves, isolate-leader, bridge,
-# ring (5 nodes), kill-restart, pause. A crashed run leaves nothing behind that
+# history.jsonl, report.md, timeline.png and the nodes' logs; they are removed again
+# when every checker passed, unless --keep. Exit status: 0 all checkers passed,
+# 1 a violation, 2 the lab cannot run here. Kinds: partition-one, halves,
+# isolate-leader, bridge, ring (5 nodes), kill-restart, pause. A crashed run leaves nothing behind that
 # scripts/fault-teardown.sh does not remove (the next run calls it too).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."

@@ -4,7 +4,8 @@ The order is the one the checkers assume: the nemesis schedule ends healed (its 
 every partition healed, every paused node resumed, every killed node restarted), so the
 drain after it reads what a healthy cluster still owes, and the retained reads compare
 nodes that can all talk to each other again. Everything lands in ``out_dir``:
-``history.jsonl``, kept whatever happens (it is flushed per line), and ``report.md``.
+``history.jsonl``, kept whatever happens (it is flushed per line), ``report.md`` and
+``timeline.png`` (throughput and latency per second, faults shaded).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any, Protocol
 from checkers import DEFAULT_GRACE, Result, check
 from history import History, load
 from report import render_report
+from timeline import render_timeline
 from workload import Workload, WorkloadConfig
 
 DRAIN_TIMEOUT = 60.0
+TIMELINE = "timeline.png"
 
 
 class LabNodeLike(Protocol):
@@ -101,6 +104,9 @@ def run_campaign(
         "operations": sum(op["type"] == "invoke" for op in ops),
         "deliveries": sum(op["f"] == "deliver" for op in ops),
         "history": history_path.name,
+        "timeline": TIMELINE,
     }
     (out_dir / "report.md").write_text(render_report(results, run), encoding="utf-8")
+    title = f"{run['nemeses']}, {run['duration']}, seed {seed}"
+    render_timeline(ops, out_dir / TIMELINE, title)
     return results

@@ -3,10 +3,11 @@
     python tests/faults/run_campaign.py --nodes 3 --nemesis mixed --duration 300 --seed 7 --out DIR
 
 ``--nemesis`` is ``mixed`` (every kind that fits the lab) or a comma-separated list of
-kinds (``nemesis.KINDS``). It prints the report, keeps ``DIR/history.jsonl`` and
-``DIR/report.md`` (and the nodes' logs under ``DIR/lab``), and exits 1 when a checker
-found a violation. The node logs count as a checker too: a line with "BUG:" or a
-Python traceback (an apply listener that raised, a task that died) fails the run.
+kinds (``nemesis.KINDS``). It prints the report, keeps ``DIR/history.jsonl``,
+``DIR/report.md`` and ``DIR/timeline.png`` (and the nodes' logs under ``DIR/lab``), and
+exits 1 when a checker found a violation. The node logs count as a checker too: a line
+with "BUG:" or a Python traceback (an apply listener that raised, a task that died)
+fails the run.
 """
 
 from __future__ import annotations
