@@ -266,11 +266,11 @@ class Broker:
         if session.connection.epoch < epoch:
             session.connection.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
-    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> None:
-        self.migration.surrender(client_id, epoch, resumed)
+    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> bool:
+        return self.migration.surrender(client_id, epoch, resumed)
 
-    def release_session(self, client_id: str) -> SessionMessages | None:
-        return self.migration.release(client_id)
+    def release_session(self, client_id: str, final: bool) -> SessionMessages | None:
+        return self.migration.release(client_id, final)
 
     def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
         return self.migration.take_late(client_id, messages)

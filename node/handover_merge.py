@@ -38,26 +38,11 @@ def marks(deliveries: Iterable[Delivery]) -> dict[str, int]:
     return highest
 
 
-def firsts(deliveries: Iterable[Delivery]) -> dict[str, int]:
-    """Per origin node, the lowest message sequence among ``deliveries``.
-
-    Taken from a session's direct arrivals when its hand-over is late: from
-    each origin's first direct arrival on, every message of that origin for the
-    session reached this node directly, so a late copy at or above it is a
-    duplicate (``late``).
-    """
-    lowest: dict[str, int] = {}
-    for delivery in deliveries:
-        message = delivery.message
-        if message.seq and message.seq < lowest.get(message.origin, message.seq + 1):
-            lowest[message.origin] = message.seq
-    return lowest
-
-
 def late(held: SessionMessages, direct_from: dict[str, int]) -> list[Delivery]:
     """What of a late hand-over to deliver: what was in flight and not yet released
     (a released QoS 2 message reached the client's application already), then what
-    was queued; without what reached the session directly (``firsts``)."""
+    was queued; without what reached the session directly (``Session.first_direct``:
+    from an origin's first direct arrival on, all of its messages came directly)."""
     resent = (entry.delivery for entry in held.outgoing.values() if not entry.released)
     return [
         delivery

@@ -90,17 +90,18 @@ class NodeEvents(Protocol):
     def kick_client(self, client_id: str, epoch: int) -> None:
         """Another node (or a newer epoch here) now owns ``client_id``."""
 
-    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> None:
+    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> bool:
         """Another node claimed ``client_id`` at ``epoch``: disconnect it here (0x8E).
 
         ``resumed``: the new connection resumes the session. Then the session
-        stays here, offline, until ``release_session``; otherwise it ends here
-        as a clean start would end it.
+        stays here, offline, until ``release_session``, and the result is True
+        if there is one; otherwise it ends here as a clean start would end it.
         """
 
-    def release_session(self, client_id: str) -> SessionMessages | None:
-        """A surrendered session leaves: what it held, for its new owner (None: it is
-        gone already, or its client came back here)."""
+    def release_session(self, client_id: str, final: bool) -> SessionMessages | None:
+        """What a surrendered session holds, for its new owner (None: it is gone
+        already, or its client came back here). ``final``: it ends; otherwise it
+        stays, offline, to catch what still comes, given up by the next call."""
 
     def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
         """Messages handed over after the session resumed here: add them as new. False

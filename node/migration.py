@@ -23,8 +23,8 @@ from .subscribing import Subscriptions
 
 log = logging.getLogger("raftmq.broker")
 
-MAX_LATE_EXPECTED = 10_000
-"""Sessions whose late hand-over is remembered at once (forgotten all at once beyond)."""
+LATE_WINDOW = 60.0
+"""How long after a move a session keeps its ``first_direct`` record for late messages."""
 
 
 class SessionMigration(NodePart):
@@ -36,8 +36,6 @@ class SessionMigration(NodePart):
         super().__init__(node)
         self.sessions = sessions
         self.subscriptions = subscriptions
-        self._direct_from: dict[str, dict[str, int]] = {}
-        """Client id -> ``handover_merge.firsts`` of a session whose hand-over is late."""
 
     async def take(self, client_id: str, claim: Claim, transfer: SessionTransfer) -> None:
         """A session the client left on another node (or that this node lost) becomes ours.
@@ -47,19 +45,24 @@ class SessionMigration(NodePart):
         front of whatever arrived meanwhile.
         """
         stale = self.sessions.get(client_id)
-        if stale is not None:
-            self.sessions.end(stale)
-        session = self._register(client_id, transfer)
-        await asyncio.gather(
-            *(self.subscriptions.add(client_id, sub) for sub in session.subscriptions.values())
-        )
+        if stale is not None and _still_holds(stale, transfer):
+            # This node held the session last (the claim in between never became a
+            # connection): its messages are here, and its subscriptions routed.
+            session = stale
+            session.expiry_interval = transfer.expiry_interval
+        else:
+            if stale is not None:
+                self.sessions.end(stale)
+            session = self._register(client_id, transfer)
+        # What comes late (from the old node, or through it) is judged by this record.
+        session.first_direct = {}
+        asyncio.get_running_loop().call_later(LATE_WINDOW, _forget_direct, session)
+        if session is not stale:
+            await asyncio.gather(
+                *(self.subscriptions.add(client_id, s) for s in session.subscriptions.values())
+            )
         held = await self.hooks.handed_over(client_id, claim)
-        if held is None and self.sessions.get(client_id) is session:
-            # Late, if at all: remember from where each origin reached it directly.
-            if len(self._direct_from) >= MAX_LATE_EXPECTED:
-                self._direct_from.clear()
-            self._direct_from[client_id] = handover_merge.firsts(session.queue)
-        elif held is not None and self.sessions.get(client_id) is session:
+        if held is not None and self.sessions.get(client_id) is session:
             duplicates = handover_merge.merge(session, held)
             self.stats.handover_duplicates += len(duplicates)
 
@@ -89,29 +92,32 @@ class SessionMigration(NodePart):
         for packet_id in session.incoming_qos2:
             store.add_incoming(session, packet_id)
 
-    def surrender(self, client_id: str, epoch: int, resumed: bool) -> None:
-        """Another node claimed ``client_id`` at ``epoch`` (``hooks.NodeEvents``)."""
+    def surrender(self, client_id: str, epoch: int, resumed: bool) -> bool:
+        """Another node claimed ``client_id`` at ``epoch`` (``hooks.NodeEvents``); True
+        when this node keeps the session for ``release``."""
         session = self.sessions.get(client_id)
         if session is None:
-            return
+            return False
         client = session.connection
         if client is not None:
             if client.epoch >= epoch:
-                return  # a newer claim of this node's own: nothing to give up
+                return False  # a newer claim of this node's own: nothing to give up
             client.disconnect(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
             session = self.sessions.get(client_id)
             if session is None:
-                return  # it ended with its connection (session expiry 0)
+                return False  # it ended with its connection (session expiry 0)
         if not resumed:
             self.sessions.end(session)
-            return
+            return False
         # The client came back elsewhere before any will delay ran out: no will (MQTT 5
         # §3.1.3.2.2). The session stays, offline and taking messages, until ``release``.
         session.will = None
+        return True
 
-    def release(self, client_id: str) -> SessionMessages | None:
-        """Let a surrendered session go: what it holds, for its new owner
-        (``hooks.NodeEvents.release_session``)."""
+    def release(self, client_id: str, final: bool) -> SessionMessages | None:
+        """What a surrendered session holds, for its new owner
+        (``hooks.NodeEvents.release_session``); ``final`` ends it, else it stays to
+        catch what still comes this way, and gives that up on the next call."""
         session = self.sessions.get(client_id)
         if session is None or session.connection is not None:
             return None  # ended meanwhile, or its client is back here
@@ -122,7 +128,10 @@ class SessionMigration(NodePart):
             [*held.queued, *(o.delivery for o in held.outgoing.values())]
         )
         held.seen[self.stamps.node_id] = self.stamps.last
-        self.sessions.end(session)
+        if final:
+            self.sessions.end(session)
+        else:
+            session.clear_delivery_state()
         return held
 
     def take_late(self, client_id: str, held: SessionMessages) -> bool:
@@ -131,11 +140,13 @@ class SessionMigration(NodePart):
         session = self.sessions.get(client_id)
         if session is None:
             return False
-        deliveries = handover_merge.late(held, self._direct_from.pop(client_id, {}))
+        deliveries = handover_merge.late(held, session.first_direct or {})
         if not deliveries:
             return True
-        for delivery in deliveries:
+        first_direct, session.first_direct = session.first_direct, None
+        for delivery in deliveries:  # late, not direct: not recorded as first arrivals
             session.deliver(delivery)
+        session.first_direct = first_direct
         self.stats.late_handovers += 1
         log.info("client %r: %d messages handed over late", client_id, len(deliveries))
         return True
@@ -156,3 +167,12 @@ class SessionMigration(NodePart):
     async def _subscribe(self, session: Session) -> None:
         for sub in list(session.subscriptions.values()):
             await self.subscriptions.add(session.client_id, sub)
+
+
+def _forget_direct(session: Session) -> None:
+    session.first_direct = None
+
+
+def _still_holds(stale: Session, transfer: SessionTransfer) -> bool:
+    """Whether ``stale``, a session this node still has, is the one ``transfer`` resumes."""
+    return stale.connection is None and stale.subscriptions == transfer.subscriptions

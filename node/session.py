@@ -138,6 +138,7 @@ class Session:
         "expires_at",
         "expiry_handle",
         "expiry_interval",
+        "first_direct",
         "incoming_qos2",
         "max_queued",
         "max_queued_bytes",
@@ -196,6 +197,11 @@ class Session:
         """Payload bytes in ``queue``, bounded by max_queued_bytes (0: unbounded)."""
         self.stats = stats if stats is not None else Stats()
         """Where this session counts the messages it drops (the node's Stats)."""
+        self.first_direct: dict[str, int] | None = None
+        """While the session has just moved here: per origin node, the sequence of the
+        first message that reached it directly. From there on every message of that
+        origin came directly, so a late hand-over's copy of it is a duplicate
+        (``handover_merge.late``). None otherwise: one attribute test per delivery."""
         self.read_filter: ClientRights | None = None
         """The ACL's per-message check on what this client receives (``read_rights``);
         None when none is needed. Applied again as queued messages go out, so a
@@ -212,6 +218,11 @@ class Session:
         backpressure on the publishers bounds that buffer. Only a stalled one
         (see the driver's hold, connection.py) makes messages queue here.
         """
+        first_direct = self.first_direct
+        if first_direct is not None:
+            message = delivery.message
+            if message.origin not in first_direct:
+                first_direct[message.origin] = message.seq
         read_filter = self.read_filter
         if read_filter is not None:  # the cached decision inline: this runs per delivery
             topic = delivery.message.topic

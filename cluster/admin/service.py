@@ -25,7 +25,7 @@ from grpc import aio
 from raftmq.node.hooks import ClusterUnavailable
 
 from ..forwarding.frames import FrameError
-from ..forwarding.transport import PeerStatus
+from ..forwarding.peer_status import PeerStatus
 from ..replication.raft import CommandRejected
 from ..replication.replicated import RaftCluster
 from ..rpc import unwrap, wrap
@@ -109,6 +109,7 @@ def status_report(
                 "resends": peer.resends,
                 "duplicates": peer.duplicates,
                 "dropped": peer.dropped,
+                "held": peer.held,
                 "last_error": peer.last_error,
             }
             for node_id, peer in sorted(streams.status().items())

@@ -31,12 +31,16 @@ it returns an awaitable that completes when that target has room again. The
 caller (the node) stops reading from the publisher until it completes, so
 the limit is exceeded by at most one message per publishing connection.
 
-Unreachable peers. When a channel has had no stream for
-``unreachable_timeout`` seconds, its link gives up: waiting QoS 1/2
-publishers get ``ClusterUnavailable`` (the node answers them "server
-unavailable"), and until a stream is back, QoS 0 sends to it are dropped
-(counted) and QoS 1/2 sends fail at once. Publishes are never acknowledged
-to a publisher unless delivered.
+Silent peers. A peer that acknowledges nothing for ``hold_after`` (paused,
+cut off, dead) must not stall publishers on healthy nodes: while this node
+has a Raft majority, what waits for that peer is held in its link, resent
+when the peer is back, and its publishers are answered (``check_holds``,
+``ReliableLink.hold_if_stuck``). Without a majority nothing is held: the
+publishers wait, and the lease ends their connections. When a channel that
+holds nothing has had no stream for ``unreachable_timeout`` seconds, its link
+gives up: waiting QoS 1/2 publishers get ``ClusterUnavailable`` (the node
+answers them "server unavailable"), and until a stream is back, QoS 0 sends
+to it are dropped (counted) and QoS 1/2 sends fail at once.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -80,6 +83,7 @@ from .handshake import (
     hello_metadata,
 )
 from .link import ForwardingSettings, ReliableLink
+from .peer_status import PeerStatus
 
 log = logging.getLogger("raftmq.cluster.forwarding")
 
@@ -119,30 +123,6 @@ class PeerInbox(Protocol):
         """Reply (``Forwarder.reply_barrier``) once ``applied`` commands are applied here."""
 
     def barrier_reply_from_peer(self, origin: str, token: int) -> None: ...
-
-
-@dataclass(slots=True, frozen=True)
-class PeerStatus:
-    node_id: str
-    address: str | None
-    dials: bool
-    """True when this node opens the stream (its id sorts first)."""
-    connected: bool
-    unreachable: bool
-    queued: int
-    """Items waiting for the next frame."""
-    unacked: int
-    """Items sent (or to resend) and not yet acknowledged."""
-    frames_sent: int
-    frames_received: int
-    resends: int
-    """Frames sent again after a reconnect."""
-    duplicates: int
-    """Frames received again and dropped."""
-    dropped: int
-    """Items discarded because the peer was unreachable."""
-    last_error: str | None
-    """What broke the latest stream that broke (kept after a reconnect)."""
 
 
 class _Countdown:
@@ -342,6 +322,7 @@ class PeerChannel:
             resends=link.resends,
             duplicates=link.duplicates,
             dropped=link.dropped,
+            held=link.held,
             last_error=link.last_error,
         )
 
@@ -489,6 +470,17 @@ class Forwarder:
         if channel is None:
             raise UnknownPeer(f"node {self.node_id!r} has no forwarding link to {node_id!r}")
         return channel
+
+    def check_holds(self, majority: bool) -> None:
+        """Every ``hold_after`` seconds (``RaftCluster``): what waits for a peer that
+        acknowledged nothing since is held, and its senders answered, while this node
+        has a Raft majority (``ReliableLink.hold_if_stuck``); without one, they wait."""
+        for channel in self._channels.values():
+            if majority:
+                channel.link.hold_if_stuck()
+            else:
+                channel.link.stop_holding()
+            channel._check_room()
 
     def status(self) -> dict[str, PeerStatus]:
         return {node_id: ch.status() for node_id, ch in sorted(self._channels.items())}

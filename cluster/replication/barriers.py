@@ -63,12 +63,12 @@ class RouteBarriers:
         self._answers = Background()
         self._warned: dict[str, float] = {}
 
-    async def everywhere(self, nodes: Collection[str], applied: int | None = None) -> None:
+    async def everywhere(self, nodes: Collection[str], applied: int | None = None) -> list[str]:
         """Return once each of ``nodes`` has applied ``applied`` commands (default: as
         many as this node has) and said so behind what it forwarded here, or after
-        the timeout for those that did not."""
+        the timeout; the result is the nodes that did not answer in time."""
         if not nodes:
-            return
+            return []
         if applied is None:
             applied = self.raft.state.applied
         loop = asyncio.get_running_loop()
@@ -87,6 +87,7 @@ class RouteBarriers:
         if silent:
             self.timeouts += len(silent)
             self._warn(silent)
+        return silent
 
     def replied(self, origin: str, token: int) -> None:
         """``origin`` answered the barrier ``token`` (``PeerInbox.barrier_reply_from_peer``)."""

@@ -17,6 +17,13 @@ to where (``SessionMessages.seen``: per origin node, the highest message
 sequence received here) so that the claimer drops its own copies of those
 (``node/handover_merge.py``).
 
+A peer that does not answer the barrier in time (cut off, paused) may still
+have messages on their way here by the old routes. So the session stays a
+while longer, catching what comes, and hands that over late, until every such
+peer has answered or ``CATCH_WINDOW`` has passed; only then does it end. The
+claimer drops late copies of what reached it directly
+(``Session.first_direct``).
+
 A node restarting after a crash may still hold messages of sessions that
 moved on meanwhile; it hands them back the same way, late
 (``hand_back``), and the owner adds them to the session as it is then.
@@ -29,7 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
-from raftmq.node.hooks import NodeEvents, SessionMessages
+from raftmq.node.hooks import ClusterUnavailable, NodeEvents, SessionMessages
 
 from ..forwarding.frames import Handover
 from .barriers import RouteBarriers
@@ -38,6 +45,10 @@ from .raft import RaftNode
 from .state import route_key
 
 log = logging.getLogger("raftmq.cluster")
+
+CATCH_WINDOW = 30.0
+"""How long a released session keeps catching messages from peers that did not answer
+its barrier, handing them over late."""
 
 ROUTE_WAIT = 2.0
 """How long the old node waits to see the claimer's routes, beyond the longest a claimer
@@ -67,6 +78,8 @@ class SessionReleases:
         self.barriers = barriers
         self.links = links
         self.live_peers = live_peers
+        self.undelivered = 0
+        """Messages of hand-overs the claimer could not be reached for."""
         self.heard: dict[str, int] = {}
         """Per peer, the highest message sequence it forwarded here (``publish_from_peer``)."""
 
@@ -74,27 +87,62 @@ class SessionReleases:
         self, node: NodeEvents, claimer: str, client_id: str, epoch: int, record: SessionRecord
     ) -> None:
         """Hand ``client_id``'s session to ``claimer`` (its claim at ``epoch``) once safe."""
-        await self._routed_by(claimer, record)
-        await self.barriers.everywhere(self.live_peers())
-        await self._send(node, claimer, client_id, epoch)
+        routed = await self._routed_by(claimer, record)
+        if not routed and self.raft.state.owners.get(client_id) != (claimer, epoch):
+            # The claim never became a connection: the session stays here, for whichever
+            # claim resumes it next (it is handed over when that one applies).
+            return
+        silent = await self.barriers.everywhere(self.live_peers())
+        # The first hand-over goes now, however empty: the claimer's CONNECT waits for it.
+        await self._send(node, claimer, client_id, epoch, final=not silent, always=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_WINDOW
+        while silent:
+            silent = await self.barriers.everywhere(silent)
+            final = not silent or loop.time() >= deadline
+            await self._send(node, claimer, client_id, epoch, final)
+            if final:
+                return
 
     async def hand_back(self, node: NodeEvents, owner: str, client_id: str, epoch: int) -> None:
         """What this node still holds of a session ``owner`` took over while this node
         was down goes to it, as a late hand-over (its routes are long in place)."""
         node.surrender_session(client_id, epoch, True)
-        await self._send(node, owner, client_id, epoch)
+        await self._send(node, owner, client_id, epoch, final=True, always=True)
 
-    async def _send(self, node: NodeEvents, to: str, client_id: str, epoch: int) -> None:
-        held = node.release_session(client_id) or SessionMessages()
+    async def _send(
+        self,
+        node: NodeEvents,
+        to: str,
+        client_id: str,
+        epoch: int,
+        final: bool,
+        always: bool = False,
+    ) -> None:
+        """Hand over what the session holds now (``final``: and end it); an empty
+        hand-over goes only when ``always``."""
+        held = node.release_session(client_id, final) or SessionMessages()
+        if not always and not held.queued and not held.outgoing:
+            return  # nothing caught since the last one
         seen = held.seen
         for origin, seq in self.heard.items():
             if seq > seen.get(origin, 0):
                 seen[origin] = seq
-        await self.links.hand_over(to, Handover(client_id, epoch, held))
+        try:
+            await self.links.hand_over(to, Handover(client_id, epoch, held))
+        except ClusterUnavailable as exc:
+            self.undelivered += len(held.queued) + len(held.outgoing)
+            log.warning(
+                "hand-over of client %r to node %s: %d messages not delivered: %s",
+                client_id,
+                to,
+                len(held.queued) + len(held.outgoing),
+                exc,
+            )
 
-    async def _routed_by(self, claimer: str, record: SessionRecord) -> None:
+    async def _routed_by(self, claimer: str, record: SessionRecord) -> bool:
         """Until this node's state routes every subscription of ``record`` to
-        ``claimer``, or ``ROUTE_WAIT`` has passed."""
+        ``claimer`` (True), or ``route_wait`` has passed (False)."""
         keys = {route_key(sub.topic_filter) for sub in record.subscriptions}
         state = self.raft.state
         loop = asyncio.get_running_loop()
@@ -104,10 +152,11 @@ class SessionReleases:
             if remaining <= 0 or not await self.raft.wait_applied(state.applied + 1, remaining):
                 log.warning(
                     "node %s claimed a session here and routes %d of its %d subscriptions "
-                    "after %.1f s: letting it go anyway",
+                    "after %.1f s",
                     claimer,
                     sum(claimer in state.routes.get(key, ()) for key in keys),
                     len(keys),
                     self.route_wait,
                 )
-                return
+                return False
+        return True

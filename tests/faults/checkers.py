@@ -66,8 +66,11 @@ from history_view import (
 )
 
 MAX_EXAMPLES = 10
-DEFAULT_GRACE = 1.0
-"""Seconds a takeover may take to end the older connection (split-brain)."""
+DEFAULT_GRACE = 2.0
+"""Seconds a takeover may take to end the older connection (split-brain), as the clients
+see it. A client's own processing lags on a loaded machine: in one suite run the old
+connection's last deliveries were recorded 1.003 s after the new CONNACK although its
+node had closed it 6 ms before that CONNACK (node logs)."""
 FAULT_STARTS = frozenset({"partition", "kill", "pause"})
 FAULT_ENDS = frozenset({"heal", "restart", "resume"})
 

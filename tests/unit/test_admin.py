@@ -38,7 +38,7 @@ from raftmq.cluster.admin.cli import (
 )
 from raftmq.cluster.admin.client import AdminCallFailed, AdminClient
 from raftmq.cluster.admin.service import AdminService, status_report
-from raftmq.cluster.forwarding.transport import PeerStatus
+from raftmq.cluster.forwarding.peer_status import PeerStatus
 from raftmq.cluster.replication.replicated import RaftCluster
 from raftmq.cluster.rpc import wrap
 from raftmq.cluster.tls import NodeTLS
@@ -169,6 +169,9 @@ class NoPeers:
         self.inbox.barrier_reply_from_peer(node_id, token)
 
     def reply_barrier(self, node_id: str, token: int) -> None:
+        return None
+
+    def check_holds(self, majority: bool) -> None:
         return None
 
 
@@ -445,7 +448,8 @@ def test_status_renders_as_compact_tables() -> None:
     assert any(line.split() == ["jobs/+", "workers", "n2"] for line in lines)
     assert "... and 1 more routes" in lines
     stream_rows = [line.split() for line in lines if line.startswith(("n2 ", "n3 "))][-2:]
-    assert stream_rows[0] == ["n2", "127.0.0.1:1002", "connected", "2", "3", "10/9", "1", "0", "-"]
+    n2_row = ["n2", "127.0.0.1:1002", "connected", "2", "3", "10/9", "1", "0", "0", "-"]
+    assert stream_rows[0] == n2_row
     assert stream_rows[1][:3] == ["n3", "127.0.0.1:1003", "unreachable"]
     assert lines[-1].endswith("UNAVAILABLE: connection refused")
 

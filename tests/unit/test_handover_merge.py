@@ -3,7 +3,7 @@ without sockets, Raft or clocks (the scenarios of cluster/replication/releases.p
 
 from __future__ import annotations
 
-from raftmq.node.handover_merge import firsts, had, late, marks, merge
+from raftmq.node.handover_merge import had, late, marks, merge
 from raftmq.node.hooks import SessionMessages
 from raftmq.node.message import Message
 from raftmq.node.session import Delivery, Outgoing, Session
@@ -76,11 +76,14 @@ def test_marks_are_the_highest_sequence_per_origin() -> None:
 
 def test_a_late_hand_over_brings_only_what_did_not_reach_the_session_directly() -> None:
     """The old node was paused: the session resumed here without its messages, and they
-    come later. x:3 on reached the session directly (its first direct arrival); the
-    released QoS 2 message reached the client's application already."""
-    direct = session_with(delivery("x", 3), delivery("x", 4))
-    direct_from = firsts(direct.queue)
-    assert direct_from == {"x": 3}
+    come later. x:3 on reached the session directly (its first direct arrival, as
+    ``Session.first_direct`` records it); the released QoS 2 message reached the
+    client's application already."""
+    direct = session_with()
+    direct.first_direct = {}
+    for d in (delivery("x", 3), delivery("x", 4)):
+        direct.deliver(d)
+    assert direct.first_direct == {"x": 3}
     held = SessionMessages(
         queued=[delivery("x", 2), delivery("x", 3), delivery("y", 8)],
         outgoing={
@@ -88,4 +91,4 @@ def test_a_late_hand_over_brings_only_what_did_not_reach_the_session_directly() 
             5: Outgoing(delivery("w", 1, qos=2)),
         },
     )
-    assert names(late(held, direct_from)) == ["w:1", "x:2", "y:8"]
+    assert names(late(held, direct.first_direct)) == ["w:1", "x:2", "y:8"]

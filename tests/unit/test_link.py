@@ -229,3 +229,68 @@ def test_an_idle_link_sends_an_ack_only_frame_when_one_is_owed(ack_due: bool) ->
     assert one.wants_to_send is ack_due
     frame = sent(one.next_frame())
     assert (frame.seq, frame.ack, frame.items) == (0, 3 if ack_due else 0, [])
+
+
+# -- holding for a silent peer ---------------------------------------------------------
+
+
+def test_a_silent_peer_is_held_for_and_its_senders_answered() -> None:
+    """One bad node must not stall publishers elsewhere: when two checks in a row see
+    nothing acknowledged, the senders are answered, and the items stay for resending."""
+    one = link()
+    sent_waiter, queued_waiter = Waiter(), Waiter()
+    one.offer(item("a"), sent_waiter)
+    one.next_frame()  # "a" is on the wire, unacknowledged
+    one.offer(item("b"), queued_waiter)
+    assert one.hold_if_stuck() == 0, "the first check only marks where acks stood"
+    assert (sent_waiter.hits, queued_waiter.hits) == (0, 0)
+    assert one.hold_if_stuck() == 2
+    assert (sent_waiter.hits, queued_waiter.hits) == (1, 1) and one.holding
+    later = Waiter()
+    assert one.offer(item("c"), later) is False and later.hits == 1, "answered at once"
+    assert one.held == 3 and one.outstanding == 3
+    assert one.has_room, "QoS 0 senders do not wait for room only the peer frees"
+    one.give_up()
+    assert one.outstanding == 3 and one.dropped == 0, "kept for the peer, not discarded"
+    one.stream_started(PEER)
+    assert [payloads(sent(d)) for d in one.resend()] == [[b"a"]]
+    assert payloads(sent(one.next_frame())) == [b"b", b"c"]
+    one.receive(from_peer(0, ack=2))
+    assert not one.holding and one.outstanding == 0, "the peer is back"
+    again = Waiter()
+    one.offer(item("d"), again)
+    assert again.hits == 0, "senders wait for acknowledgements again"
+    assert sent_waiter.hits == 1, "nobody is answered twice"
+
+
+def test_acknowledgements_in_between_mean_the_peer_is_not_stuck() -> None:
+    one = link()
+    for name in ("a", "b"):
+        one.offer(item(name), Waiter())
+        one.next_frame()
+    one.hold_if_stuck()
+    one.receive(from_peer(0, ack=1))
+    assert one.hold_if_stuck() == 0 and not one.holding
+
+
+def test_holding_refuses_beyond_the_queue_limit_and_counts_it() -> None:
+    one = link(queue_limit=2)
+    one.offer(item("a"), Waiter())
+    one.hold_if_stuck()
+    one.hold_if_stuck()
+    one.offer(item("b"), Waiter())
+    refused = Waiter()
+    assert one.offer(item("c"), refused) is False
+    assert len(refused.failures) == 1 and isinstance(refused.failures[0], ClusterUnavailable)
+    assert one.dropped == 1 and one.outstanding == 2
+
+
+def test_without_a_majority_senders_wait_again() -> None:
+    one = link()
+    one.offer(item("a"), Waiter())
+    one.hold_if_stuck()
+    one.hold_if_stuck()
+    one.stop_holding()
+    waiting = Waiter()
+    one.offer(item("b"), waiting)
+    assert waiting.hits == 0 and not one.holding
