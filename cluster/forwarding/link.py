@@ -75,13 +75,18 @@ class Waiter(Protocol):
 
 
 class SentFrame:
-    __slots__ = ("count", "data", "seq", "waiters")
+    __slots__ = ("count", "data", "held", "seq", "waiters")
 
-    def __init__(self, seq: int, data: bytes, count: int, waiters: list[Waiter]) -> None:
+    def __init__(
+        self, seq: int, data: bytes, count: int, waiters: list[Waiter], held: list[Waiter]
+    ) -> None:
         self.seq = seq
         self.data = data
         self.count = count
         self.waiters = waiters
+        """Senders of control items (kicks, hand-overs): they wait for the peer itself."""
+        self.held = held
+        """Senders of publishes, answered by ``hold_if_stuck`` when the peer is silent."""
 
 
 def item_size(item: Item) -> int:
@@ -140,11 +145,12 @@ class ReliableLink:
     def offer(self, item: Item, waiter: Waiter | None) -> bool:
         """Queue ``item``; True when the link is now at its limit (wait for ``has_room``).
 
-        While holding, the item is queued for the peer's return and its sender
+        While holding, a publish is queued for the peer's return and its sender
         answered at once; at the limit it is refused (its sender told, the drop
         counted), and nobody is made to wait for room that only the peer frees.
+        A kick or hand-over waits for the peer itself, holding or not.
         """
-        if self.holding:
+        if self.holding and type(item) is Forwarded:
             if self.outstanding >= self.limit:
                 self.dropped += 1
                 if waiter is not None:
@@ -175,7 +181,9 @@ class ReliableLink:
         """
         stuck = self.outstanding > 0 and self._progress == self._progress_seen
         self._progress_seen = self._progress
-        if not stuck:
+        if not stuck or self.peer_incarnation is None:
+            # A peer never reached is no silent peer but a broken setup (a refused
+            # certificate, a wrong address): its senders learn so, after give_up.
             return 0
         answered = 0
         if not self.holding:
@@ -187,15 +195,15 @@ class ReliableLink:
             )
         self.holding = True
         for index, (item, waiter) in enumerate(self.pending):
-            if waiter is not None:
+            if waiter is not None and type(item) is Forwarded:
                 waiter.hit()
                 self.pending[index] = (item, None)
                 answered += 1
         for sent in self.unacked:
-            for waiter in sent.waiters:
+            for waiter in sent.held:
                 waiter.hit()
                 answered += 1
-            sent.waiters = []
+            sent.held = []
         self.held += answered
         return answered
 
@@ -248,8 +256,9 @@ class ReliableLink:
             return None
         seq = self.next_seq
         self.next_seq += 1
-        waiters = [waiter for _, waiter in batch if waiter is not None]
-        self.unacked.append(SentFrame(seq, data, len(batch), waiters))
+        waiters = [w for item, w in batch if w is not None and type(item) is not Forwarded]
+        held = [w for item, w in batch if w is not None and type(item) is Forwarded]
+        self.unacked.append(SentFrame(seq, data, len(batch), waiters, held))
         return data
 
     def _encode_batch(self, batch: list[tuple[Item, Waiter | None]], ack: int) -> bytes | None:
@@ -312,7 +321,7 @@ class ReliableLink:
         while unacked and unacked[0].seq <= ack:
             sent = unacked.popleft()
             self.outstanding -= sent.count
-            for waiter in sent.waiters:
+            for waiter in (*sent.waiters, *sent.held):
                 waiter.hit()
 
     # -- giving up -----------------------------------------------------------------
@@ -350,7 +359,7 @@ class ReliableLink:
             if waiter is not None:
                 waiter.fail(exc)
         for sent in self.unacked:
-            for waiter in sent.waiters:
+            for waiter in (*sent.waiters, *sent.held):
                 waiter.fail(exc)
         self.dropped += self.outstanding
         self.pending.clear()

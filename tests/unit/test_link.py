@@ -294,3 +294,26 @@ def test_without_a_majority_senders_wait_again() -> None:
     waiting = Waiter()
     one.offer(item("b"), waiting)
     assert waiting.hits == 0 and not one.holding
+
+
+def test_control_items_are_never_held_nor_is_a_peer_never_reached() -> None:
+    """A kick answered on a silent peer's behalf would let a takeover go on while the old
+    connection may still be served; a never-reached peer is a broken setup, not a pause."""
+    one = link()
+    kick, publish = Waiter(), Waiter()
+    one.offer(Kick("c", 2), kick)
+    one.offer(item("a"), publish)
+    one.next_frame()
+    one.hold_if_stuck()
+    one.hold_if_stuck()
+    assert (kick.hits, publish.hits) == (0, 1)
+    later_kick = Waiter()
+    one.offer(Kick("d", 3), later_kick)
+    assert later_kick.hits == 0
+    one.receive(from_peer(0, ack=1))
+    assert kick.hits == 1 and publish.hits == 1
+    never = ReliableLink("peer", ME, ForwardingSettings(), encode)
+    waiting = Waiter()
+    never.offer(item("b"), waiting)
+    never.hold_if_stuck()
+    assert never.hold_if_stuck() == 0 and waiting.hits == 0
