@@ -50,7 +50,6 @@ def build_cluster(
         services=[server],
         lease=(config.cluster_lease, config.cluster_lease_margin),
         barrier_timeout=config.route_barrier_timeout,
-        hold_after=config.forward_hold_after,
     )
     server.serve(forwarder.service())
     server.serve(AdminService(cluster, forwarder, secret.encode()).handler())

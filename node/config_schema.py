@@ -220,17 +220,6 @@ class Config:
             gt=0,
         ),
     )
-    forward_hold_after: float = field(
-        default=1.0,
-        metadata=_rule(
-            help="Seconds after which a node with a Raft majority stops making publishers "
-            "wait for a peer that acknowledges nothing (paused, cut off, dead): within one "
-            "to two of them, what waits for that peer is kept for it, resent when it is "
-            "back, and the publishers are answered. A node without a majority never does "
-            "this; its publishers wait until the lease ends their connections.",
-            gt=0,
-        ),
-    )
     allow_anonymous: bool | None = field(
         default=None,
         metadata=_rule(

@@ -292,14 +292,13 @@ def render_status(report: Report) -> str:
             f"{s['frames_sent']}/{s['frames_received']}",
             s["resends"],
             s["dropped"],
-            s.get("held", 0),  # a node of an older version does not report it
             s["last_error"],
         )
         for peer, s in report["streams"].items()
     ]
     lines.append("")
     headers = ("STREAM", "ADDRESS", "STATE", "QUEUED", "UNACKED", "FRAMES OUT/IN", "RESENT")
-    lines += _table((*headers, "DROPPED", "HELD", "LAST ERROR"), streams)
+    lines += _table((*headers, "DROPPED", "LAST ERROR"), streams)
     return "\n".join(lines)
 
 

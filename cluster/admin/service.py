@@ -109,7 +109,6 @@ def status_report(
                 "resends": peer.resends,
                 "duplicates": peer.duplicates,
                 "dropped": peer.dropped,
-                "held": peer.held,
                 "last_error": peer.last_error,
             }
             for node_id, peer in sorted(streams.status().items())

@@ -75,18 +75,13 @@ class Waiter(Protocol):
 
 
 class SentFrame:
-    __slots__ = ("count", "data", "held", "seq", "waiters")
+    __slots__ = ("count", "data", "seq", "waiters")
 
-    def __init__(
-        self, seq: int, data: bytes, count: int, waiters: list[Waiter], held: list[Waiter]
-    ) -> None:
+    def __init__(self, seq: int, data: bytes, count: int, waiters: list[Waiter]) -> None:
         self.seq = seq
         self.data = data
         self.count = count
         self.waiters = waiters
-        """Senders of control items (kicks, hand-overs): they wait for the peer itself."""
-        self.held = held
-        """Senders of publishes, answered by ``hold_if_stuck`` when the peer is silent."""
 
 
 def item_size(item: Item) -> int:
@@ -122,13 +117,6 @@ class ReliableLink:
         self.peer_incarnation: int | None = None
         self.cursor = 0
         self.ack_due = False
-        # holding for a silent peer (``hold_if_stuck``)
-        self.holding = False
-        self.held = 0
-        """Items whose senders were answered on the strength of this node's queue."""
-        self._progress = 0
-        """Acknowledgements that freed something, counted: ``hold_if_stuck`` compares."""
-        self._progress_seen = -1
         # reachability
         self.unreachable = False
         self.last_error: str | None = None
@@ -143,77 +131,19 @@ class ReliableLink:
     # -- sending -----------------------------------------------------------------
 
     def offer(self, item: Item, waiter: Waiter | None) -> bool:
-        """Queue ``item``; True when the link is now at its limit (wait for ``has_room``).
-
-        While holding, a publish is queued for the peer's return and its sender
-        answered at once; at the limit it is refused (its sender told, the drop
-        counted), and nobody is made to wait for room that only the peer frees.
-        A kick or hand-over waits for the peer itself, holding or not.
-        """
-        if self.holding and type(item) is Forwarded:
-            if self.outstanding >= self.limit:
-                self.dropped += 1
-                if waiter is not None:
-                    waiter.fail(self.unavailable())
-                return False
-            if waiter is not None:
-                waiter.hit()
-                waiter = None
-                self.held += 1
-        elif self.unreachable:
+        """Queue ``item``; True when the link is now at its limit (wait for ``has_room``)."""
+        if self.unreachable:
             self.dropped += 1
             if waiter is not None:
                 waiter.fail(self.unavailable())
             return False
         self.pending.append((item, waiter))
         self.outstanding += 1
-        return not self.holding and self.outstanding >= self.limit
-
-    def hold_if_stuck(self) -> int:
-        """Called every ``hold_after`` seconds while this node has a Raft majority: if
-        the peer acknowledged nothing since the last call although items wait, answer
-        their senders now and hold the items until the peer is back (resent then, as
-        after any stream break). Returns how many senders were answered.
-
-        The peer is silent (paused, cut off, dead); the node's majority can serve its
-        clients meanwhile, so publishers elsewhere must not stall on it. What is held
-        lives in this node's memory only, within ``queue_limit``.
-        """
-        stuck = self.outstanding > 0 and self._progress == self._progress_seen
-        self._progress_seen = self._progress
-        if not stuck or self.peer_incarnation is None:
-            # A peer never reached is no silent peer but a broken setup (a refused
-            # certificate, a wrong address): its senders learn so, after give_up.
-            return 0
-        answered = 0
-        if not self.holding:
-            log.warning(
-                "forwarding to node %r: nothing acknowledged for a while; holding %d items "
-                "for it and answering their senders",
-                self.peer_id,
-                self.outstanding,
-            )
-        self.holding = True
-        for index, (item, waiter) in enumerate(self.pending):
-            if waiter is not None and type(item) is Forwarded:
-                waiter.hit()
-                self.pending[index] = (item, None)
-                answered += 1
-        for sent in self.unacked:
-            for waiter in sent.held:
-                waiter.hit()
-                answered += 1
-            sent.held = []
-        self.held += answered
-        return answered
-
-    def stop_holding(self) -> None:
-        """This node lost its majority: senders wait for the peer again."""
-        self.holding = False
+        return self.outstanding >= self.limit
 
     @property
     def has_room(self) -> bool:
-        return self.holding or self.outstanding < self.limit
+        return self.outstanding < self.limit
 
     @property
     def wants_to_send(self) -> bool:
@@ -256,9 +186,8 @@ class ReliableLink:
             return None
         seq = self.next_seq
         self.next_seq += 1
-        waiters = [w for item, w in batch if w is not None and type(item) is not Forwarded]
-        held = [w for item, w in batch if w is not None and type(item) is Forwarded]
-        self.unacked.append(SentFrame(seq, data, len(batch), waiters, held))
+        waiters = [waiter for _, waiter in batch if waiter is not None]
+        self.unacked.append(SentFrame(seq, data, len(batch), waiters))
         return data
 
     def _encode_batch(self, batch: list[tuple[Item, Waiter | None]], ack: int) -> bytes | None:
@@ -315,13 +244,10 @@ class ReliableLink:
 
     def _acknowledged(self, ack: int) -> None:
         unacked = self.unacked
-        if unacked and unacked[0].seq <= ack:
-            self._progress += 1
-            self.holding = False  # the peer is back
         while unacked and unacked[0].seq <= ack:
             sent = unacked.popleft()
             self.outstanding -= sent.count
-            for waiter in (*sent.waiters, *sent.held):
+            for waiter in sent.waiters:
                 waiter.hit()
 
     # -- giving up -----------------------------------------------------------------
@@ -334,17 +260,8 @@ class ReliableLink:
         )
 
     def give_up(self) -> None:
-        """No stream for too long: discard what is held; offers fail until one is back.
-        While holding (its senders were answered) the items stay for the peer instead."""
+        """No stream for too long: discard what is held; offers fail until one is back."""
         self.unreachable = True
-        if self.holding:
-            log.warning(
-                "forwarding to node %r: unreachable (%s); holding %d items for it",
-                self.peer_id,
-                self.last_error or "never connected",
-                self.outstanding,
-            )
-            return
         log.warning(
             "forwarding to node %r: unreachable (%s); discarding %d items",
             self.peer_id,
@@ -359,7 +276,7 @@ class ReliableLink:
             if waiter is not None:
                 waiter.fail(exc)
         for sent in self.unacked:
-            for waiter in (*sent.waiters, *sent.held):
+            for waiter in sent.waiters:
                 waiter.fail(exc)
         self.dropped += self.outstanding
         self.pending.clear()

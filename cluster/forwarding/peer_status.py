@@ -24,8 +24,6 @@ class PeerStatus:
     duplicates: int
     """Frames received again and dropped."""
     dropped: int
-    """Items discarded because the peer was unreachable (or, held, at the limit)."""
+    """Items discarded because the peer was unreachable."""
     last_error: str | None
     """What broke the latest stream that broke (kept after a reconnect)."""
-    held: int = 0
-    """QoS 1/2 items whose senders were answered while the peer was silent (held)."""

@@ -31,16 +31,12 @@ it returns an awaitable that completes when that target has room again. The
 caller (the node) stops reading from the publisher until it completes, so
 the limit is exceeded by at most one message per publishing connection.
 
-Silent peers. A peer that acknowledges nothing for ``hold_after`` (paused,
-cut off, dead) must not stall publishers on healthy nodes: while this node
-has a Raft majority, what waits for that peer is held in its link, resent
-when the peer is back, and its publishers are answered (``check_holds``,
-``ReliableLink.hold_if_stuck``). Without a majority nothing is held: the
-publishers wait, and the lease ends their connections. When a channel that
-holds nothing has had no stream for ``unreachable_timeout`` seconds, its link
-gives up: waiting QoS 1/2 publishers get ``ClusterUnavailable`` (the node
-answers them "server unavailable"), and until a stream is back, QoS 0 sends
-to it are dropped (counted) and QoS 1/2 sends fail at once.
+Unreachable peers. When a channel has had no stream for
+``unreachable_timeout`` seconds, its link gives up: waiting QoS 1/2
+publishers get ``ClusterUnavailable`` (the node answers them "server
+unavailable"), and until a stream is back, QoS 0 sends to it are dropped
+(counted) and QoS 1/2 sends fail at once. Publishes are never acknowledged
+to a publisher unless delivered.
 """
 
 from __future__ import annotations
@@ -322,7 +318,6 @@ class PeerChannel:
             resends=link.resends,
             duplicates=link.duplicates,
             dropped=link.dropped,
-            held=link.held,
             last_error=link.last_error,
         )
 
@@ -470,17 +465,6 @@ class Forwarder:
         if channel is None:
             raise UnknownPeer(f"node {self.node_id!r} has no forwarding link to {node_id!r}")
         return channel
-
-    def check_holds(self, majority: bool) -> None:
-        """Every ``hold_after`` seconds (``RaftCluster``): what waits for a peer that
-        acknowledged nothing since is held, and its senders answered, while this node
-        has a Raft majority (``ReliableLink.hold_if_stuck``); without one, they wait."""
-        for channel in self._channels.values():
-            if majority:
-                channel.link.hold_if_stuck()
-            else:
-                channel.link.stop_holding()
-            channel._check_room()
 
     def status(self) -> dict[str, PeerStatus]:
         return {node_id: ch.status() for node_id, ch in sorted(self._channels.items())}

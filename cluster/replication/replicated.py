@@ -83,9 +83,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("raftmq.cluster")
 
 ANNOUNCE_RETRY = 1.0
-HOLD_AFTER = 1.0
-"""Seconds between checks for silent peers (key ``forward_hold_after``): a publish waits
-one to two of them for a peer that acknowledges nothing before it is held for it."""
 CLAIM_ATTEMPTS = 3
 """A CONNECT's claim is retried when fenced (another claim of the client came
 first); after this many the client is told "server unavailable"."""
@@ -117,9 +114,6 @@ class Peers(BarrierLinks, Protocol):
 
     def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
         """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
-
-    def check_holds(self, majority: bool) -> None:
-        """Hold for peers silent since the last call, while ``majority`` (see transport)."""
 
 
 class Service(Protocol):
@@ -156,7 +150,6 @@ class RaftCluster:
         plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
         lease: tuple[float, float] = (3.0, 1.0),
         barrier_timeout: float = BARRIER_TIMEOUT,
-        hold_after: float = HOLD_AFTER,
     ) -> None:
         """``members``: the cluster's node ids, committed at start so that a dead
         node's persistent sessions can be re-homed among the live ones.
@@ -164,8 +157,7 @@ class RaftCluster:
         before Raft, so that what Raft commits at startup can be served at once;
         they stop, in reverse, after Raft. ``lease``: (cluster_lease,
         cluster_lease_margin), see ``lease.py``; ``barrier_timeout``: how long a route
-        barrier waits for a peer (``route_barrier_timeout``); ``hold_after``: how long a
-        publish waits for a silent peer before it is held for it (``forward_hold_after``)."""
+        barrier waits for a peer (``route_barrier_timeout``)."""
         self.node_id = raft.node_id
         self.raft = raft
         self.peers = peers
@@ -183,7 +175,6 @@ class RaftCluster:
         self._replayed: set[str] = set()
         """Client ids that other nodes claimed or that moved, seen while catching up."""
         self.lease = LeaseKeeper(raft, *lease)
-        self.hold_after = hold_after
         route_wait = self.lease.state.takeover_wait + ROUTE_WAIT
         self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
         raft.add_listener(self._on_applied)
@@ -207,7 +198,6 @@ class RaftCluster:
         self._tasks.run(self._announce())
         self._tasks.run(self._reconcile_when_caught_up())
         self._tasks.run(self.lease.run(self._lease_lost))
-        self._tasks.run(self._hold_for_silent_peers())
 
     async def stop(self) -> None:
         await self._tasks.cancel()
@@ -218,15 +208,6 @@ class RaftCluster:
             for service in reversed(self._services):
                 await service.stop()
             await self.peers.stop()
-
-    async def _hold_for_silent_peers(self) -> None:
-        """Publishers on this node never stall on one silent peer while this node has a
-        majority: what waits for it is held (``Forwarder.check_holds``)."""
-        while True:
-            await asyncio.sleep(self.hold_after)
-            status = self.raft.status()
-            connected = 1 + sum(status.peers.values())
-            self.peers.check_holds(self.lease.serving and 2 * connected > 1 + len(status.peers))
 
     def _lease_lost(self) -> None:
         if self._node is not None:

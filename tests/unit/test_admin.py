@@ -171,9 +171,6 @@ class NoPeers:
     def reply_barrier(self, node_id: str, token: int) -> None:
         return None
 
-    def check_holds(self, majority: bool) -> None:
-        return None
-
 
 def peer_status(node_id: str, connected: bool) -> PeerStatus:
     return PeerStatus(
@@ -448,7 +445,7 @@ def test_status_renders_as_compact_tables() -> None:
     assert any(line.split() == ["jobs/+", "workers", "n2"] for line in lines)
     assert "... and 1 more routes" in lines
     stream_rows = [line.split() for line in lines if line.startswith(("n2 ", "n3 "))][-2:]
-    n2_row = ["n2", "127.0.0.1:1002", "connected", "2", "3", "10/9", "1", "0", "0", "-"]
+    n2_row = ["n2", "127.0.0.1:1002", "connected", "2", "3", "10/9", "1", "0", "-"]
     assert stream_rows[0] == n2_row
     assert stream_rows[1][:3] == ["n3", "127.0.0.1:1003", "unreachable"]
     assert lines[-1].endswith("UNAVAILABLE: connection refused")

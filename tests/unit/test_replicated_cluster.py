@@ -114,9 +114,6 @@ class LoopbackForwarder:
     async def stop(self) -> None:
         return None
 
-    def check_holds(self, majority: bool) -> None:
-        return None
-
     def kick(self, node_id: str, client_id: str, epoch: int) -> asyncio.Future[None]:
         self.clusters[node_id].kick_from_peer("?", client_id, epoch)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
