@@ -19,7 +19,10 @@ from .session import Delivery, Subscription
 from .store_records import StoredDelivery, StoredSession, StoredState, StoreError
 from .wire import MQTTProtocolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: messages keep their identity (origin, origin_seq), so that a node restarting
+after a crash hands back what it held with the identities the new owner dedupes by.
+A version 1 file is upgraded in place (its messages get no identity)."""
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -54,7 +57,9 @@ CREATE TABLE messages (
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL,
     properties BLOB NOT NULL,
-    expires_at REAL
+    expires_at REAL,
+    origin TEXT NOT NULL DEFAULT '',
+    origin_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE deliveries (
     client_id TEXT NOT NULL,
@@ -84,7 +89,7 @@ CREATE TABLE retained (
 SAVE_SESSION = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SAVE_SUBSCRIPTION = "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE client_id = ? AND filter = ?"
-INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 DELETE_MESSAGES = "DELETE FROM messages WHERE id BETWEEN ? AND ?"
 INSERT_DELIVERY = "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
 SEND_DELIVERY = "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND seq = ?"
@@ -150,6 +155,11 @@ def check_schema(db: sqlite3.Connection, path: str) -> None:
         raise StoreError(f"{path}: not a raftmq store (no schema_version table)")
     row = db.execute("SELECT version FROM schema_version").fetchone()
     version = row[0] if row else None
+    if version == 1:
+        for column in ("origin TEXT NOT NULL DEFAULT ''", "origin_seq INTEGER NOT NULL DEFAULT 0"):
+            db.execute(f"ALTER TABLE messages ADD COLUMN {column}")
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        return
     if version != SCHEMA_VERSION:
         raise StoreError(
             f"{path}: store schema version {version}, but this raftmq reads "
@@ -201,11 +211,14 @@ def load(
             stored.incoming_qos2.add(packet_id)
 
     messages: dict[int, Message] = {}
-    for mid, topic, payload, qos, retain, props, expires_at in db.execute("SELECT * FROM messages"):
+    for mid, topic, payload, qos, retain, props, expires_at, origin, seq in db.execute(
+        "SELECT * FROM messages"
+    ):
         properties = _decode_props(props, "PUBLISH", f"{path}: message {mid}")
-        messages[mid] = Message(
-            topic, payload, qos, bool(retain), properties, None, _monotonic_deadline(expires_at)
-        )
+        deadline = _monotonic_deadline(expires_at)
+        message = Message(topic, payload, qos, bool(retain), properties, None, deadline)
+        message.origin, message.seq = origin, seq
+        messages[mid] = message
         next_message_id = max(next_message_id, mid + 1)
 
     for client_id, seq, mid, qos, retain, sub_ids, packet_id, released in db.execute(

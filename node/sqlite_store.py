@@ -367,6 +367,8 @@ class SqliteStore:
                 message.retain,
                 encode_properties(message.properties, "PUBLISH"),
                 wall_deadline(message.expires_at),
+                message.origin,
+                message.seq,
             ),
         )
         return mid

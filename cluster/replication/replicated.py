@@ -314,13 +314,20 @@ class RaftCluster:
 
     def _late_handover(self, origin: str, handover: Handover) -> None:
         """No CONNECT waits for ``handover`` any more: its messages go to the session as
-        it is now, while the claim is still ours."""
+        it is now, here, or on the node that owns it now (claims only grow, so a
+        hand-over passed on this way ends at the newest one)."""
         client_id = handover.client_id
         node = self._node
-        ours = node is not None and self._claims.get(client_id) == handover.epoch
-        if ours and node.take_late_handover(client_id, handover.messages):
-            return
-        self.handovers.drop(origin, handover, "the client id has moved on since")
+        owner = self.state.owners.get(client_id)
+        if node is not None and owner is not None and client_id in self.state.sessions:
+            if owner.node_id == self.node_id and self._claims.get(client_id) == owner.epoch:
+                if node.take_late_handover(client_id, handover.messages):
+                    return
+            elif owner.epoch > handover.epoch and owner.node_id not in self.state.down:
+                onward = Handover(client_id, owner.epoch, handover.messages)
+                self._tasks.run(self.peers.hand_over(owner.node_id, onward))
+                return
+        self.handovers.drop(origin, handover, "no node holds the session now")
 
     def barrier_from_peer(self, origin: str, token: int, applied: int) -> None:
         self.barriers.asked(origin, token, applied)

@@ -500,3 +500,21 @@ async def test_a_silent_peer_is_passed_over_after_the_barrier_timeout(cluster: C
     waited = time.monotonic() - started
     assert asker.barriers.timeout <= waited < asker.barriers.timeout + 3
     assert asker.barriers.timeouts == 1
+
+
+async def test_a_hand_over_for_a_claim_that_moved_on_goes_to_the_newest_owner(
+    cluster: Cluster,
+) -> None:
+    """A hand-over that reaches a node whose claim of the client was superseded meanwhile
+    is passed on to the node that owns it now, with that node's epoch, never dropped."""
+    n1, n2, n3 = (cluster.hooks[n] for n in IDS)
+    await n1.claim_client("m", clean_start=False, expiry_interval=600)
+    second = await n2.claim_client("m", clean_start=False, expiry_interval=600)
+    third = await n3.claim_client("m", clean_start=False, expiry_interval=600)
+    await eventually(lambda: n2.state.owners.get("m") == ("n3", third.epoch), 5, "n2 applied")
+    n2.handovers.timeout = 0.2
+    assert await n2.handed_over("m", second) is None  # n2's CONNECT stopped waiting
+    queued = Delivery(Message.create("m/t", b"late from n1", 1, False), 1, False)
+    n2.handover_from_peer("n1", Handover("m", second.epoch, SessionMessages([queued])))
+    held = await n3.handed_over("m", third)
+    assert held is not None and [d.message.payload for d in held.queued] == [b"late from n1"]

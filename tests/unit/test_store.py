@@ -405,3 +405,36 @@ def test_memory_durability_keeps_nothing(tmp_path: Path) -> None:
     assert store.open(None) == StoredState()
     assert list(tmp_path.iterdir()) == []
     assert isinstance(make_store("disk", str(tmp_path)), SqliteStore)
+
+
+def test_messages_keep_their_identity_and_a_version_1_file_is_upgraded(tmp_path: Path) -> None:
+    """A node restarting after kill -9 hands back what it held (releases.hand_back); the new
+    owner drops its own copies by identity, so the identity must survive the restart."""
+    path = tmp_path / DB_FILE
+    store, _ = opened(path)
+    session = new_session("s", store)
+    store.save_session(session)
+    stamped = Message.create("t", b"stamped", 1, False)
+    stamped.origin, stamped.seq = "n2", 1_764_000_000_000_042
+    store.queue_delivery(session, Delivery(stamped, 1, False))
+    store.commit()
+    store.close()
+    store, state = opened(path)
+    message = by_id(state)["s"].deliveries[0].delivery.message
+    assert (message.origin, message.seq) == ("n2", 1_764_000_000_000_042)
+    store.close()
+
+    # The same file as version 1 wrote it: no identity columns.
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE messages DROP COLUMN origin")
+    db.execute("ALTER TABLE messages DROP COLUMN origin_seq")
+    db.execute("UPDATE schema_version SET version = 1")
+    db.commit()
+    db.close()
+    store, state = opened(path)
+    message = by_id(state)["s"].deliveries[0].delivery.message
+    assert (message.payload, message.origin, message.seq) == (b"stamped", "", 0)
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
