@@ -93,16 +93,26 @@ class SessionReleases:
             # claim resumes it next (it is handed over when that one applies).
             return
         silent = await self.barriers.everywhere(self.live_peers())
+        if self._reclaimed(client_id):
+            return
         # The first hand-over goes now, however empty: the claimer's CONNECT waits for it.
         await self._send(node, claimer, client_id, epoch, final=not silent, always=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_WINDOW
         while silent:
             silent = await self.barriers.everywhere(silent)
+            if self._reclaimed(client_id):
+                return
             final = not silent or loop.time() >= deadline
             await self._send(node, claimer, client_id, epoch, final)
             if final:
                 return
+
+    def _reclaimed(self, client_id: str) -> bool:
+        """The client came back here meanwhile: the session it left is its session here
+        again, not one to let go of (ending it would end the client's session)."""
+        owner = self.raft.state.owners.get(client_id)
+        return owner is not None and owner.node_id == self.raft.node_id
 
     async def hand_back(self, node: NodeEvents, owner: str, client_id: str, epoch: int) -> None:
         """What this node still holds of a session ``owner`` took over while this node
