@@ -320,7 +320,8 @@ class RaftCluster:
         node = self._node
         owner = self.state.owners.get(client_id)
         if node is not None and owner is not None and client_id in self.state.sessions:
-            if owner.node_id == self.node_id and self._claims.get(client_id) == owner.epoch:
+            if owner.node_id == self.node_id:
+                # Ours now, whether or not its CONNECT has finished: to the session here.
                 if node.take_late_handover(client_id, handover.messages):
                     return
             elif owner.epoch > handover.epoch and owner.node_id not in self.state.down:

@@ -518,3 +518,19 @@ async def test_a_hand_over_for_a_claim_that_moved_on_goes_to_the_newest_owner(
     n2.handover_from_peer("n1", Handover("m", second.epoch, SessionMessages([queued])))
     held = await n3.handed_over("m", third)
     assert held is not None and [d.message.payload for d in held.queued] == [b"late from n1"]
+
+
+async def test_a_late_hand_over_for_a_session_this_node_owns_now_joins_it_here(
+    cluster: Cluster,
+) -> None:
+    """Found by a 20-minute campaign: a late hand-over reached the node that owned the
+    client now, while that node's CONNECT was still settling its claim, and was sent on
+    to itself (UnknownPeer). It goes to the session here."""
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    first = await n1.claim_client("own", clean_start=False, expiry_interval=600)
+    await n2.claim_client("own", clean_start=False, expiry_interval=600)
+    del n2._claims["own"]  # as while n2's CONNECT has not registered its claim yet
+    queued = Delivery(Message.create("own/t", b"late", 1, False), 1, False)
+    n2.handover_from_peer("n1", Handover("own", first.epoch, SessionMessages([queued])))
+    late = cluster.nodes["n2"].late
+    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [("own", [b"late"])]
