@@ -120,6 +120,10 @@ struct Handover {
   # Packet ids of QoS 2 publishes from the client awaiting its PUBREL.
   seen @5 :List(OriginMark);
   # Per origin node, the highest sequence the sender had received when it let go.
+  late @6 :Bool;
+  # Sent after the first hand-over of this claim (what the sender caught later,
+  # or held across its own restart): added to the session as it is then, never
+  # taken for the hand-over a resuming CONNECT waits for.
 }
 
 struct OriginMark {

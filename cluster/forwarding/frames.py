@@ -106,6 +106,8 @@ class Handover:
     client_id: str
     epoch: int
     messages: SessionMessages = field(default_factory=SessionMessages)
+    late: bool = False
+    """Not the first hand-over of this claim (``Handovers.arrived``)."""
 
 
 @dataclass(slots=True)
@@ -226,6 +228,7 @@ def _fill_delivery(out: Any, delivery: Delivery, now: float) -> None:
 def _fill_handover(out: Any, handover: Handover, now: float) -> None:
     out.clientId = handover.client_id
     out.epoch = handover.epoch
+    out.late = handover.late
     held = handover.messages
     queued = out.init("queued", len(held.queued))
     for i, delivery in enumerate(held.queued):
@@ -369,4 +372,4 @@ def _read_handover(src: Any, now: float) -> Handover:
     queued = [_read_delivery(d, now) for d in src.queued]
     seen = {mark.node: mark.seq for mark in src.seen}
     held = SessionMessages(queued, outgoing, set(src.incomingQos2), seen)
-    return Handover(client_id, src.epoch, held)
+    return Handover(client_id, src.epoch, held, src.late)

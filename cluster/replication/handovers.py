@@ -8,10 +8,11 @@ stream, and the CONNECT waits for them after routing the session here. Each
 hand-over is keyed by (client id, epoch of the claim), expected from the
 moment the claim returns.
 
-A hand-over that comes when no CONNECT waits for it any more (it timed out,
-or the sender restarted after a crash and hands back what it still held) is
-late: it goes to ``late``, which adds its messages to the session as it is
-then, or drops them with a warning when the client id has moved on.
+A hand-over that comes when no CONNECT waits for it any more (it timed out),
+or that says it is ``late`` (the sender restarted after a crash and hands back
+what it still held, or caught more after its first hand-over), goes to
+``late``, which adds its messages to the session as it is then, or drops them
+with a warning when the client id has moved on.
 """
 
 from __future__ import annotations
@@ -78,9 +79,14 @@ class Handovers:
             self._pending.pop(key, None)
 
     def arrived(self, origin: str, handover: Handover) -> None:
-        """A peer let go of a session: to the CONNECT resuming it, or late."""
+        """A peer let go of a session: to the CONNECT resuming it, or late.
+
+        Only a first hand-over is what the CONNECT waits for: a later one (``late``)
+        that came first, say a restarted node's hand-back, must not stand in for
+        the hand-over of the node that held the session.
+        """
         future = self._pending.get((handover.client_id, handover.epoch))
-        if future is None or future.done():
+        if handover.late or future is None or future.done():
             self.late(origin, handover)
         else:
             future.set_result((origin, handover))

@@ -96,7 +96,7 @@ class SessionReleases:
         if self._reclaimed(client_id):
             return
         # The first hand-over goes now, however empty: the claimer's CONNECT waits for it.
-        await self._send(node, claimer, client_id, epoch, final=not silent, always=True)
+        await self._send(node, claimer, Handover(client_id, epoch), final=not silent, always=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_WINDOW
         while silent:
@@ -104,7 +104,7 @@ class SessionReleases:
             if self._reclaimed(client_id):
                 return
             final = not silent or loop.time() >= deadline
-            await self._send(node, claimer, client_id, epoch, final)
+            await self._send(node, claimer, Handover(client_id, epoch, late=True), final)
             if final:
                 return
 
@@ -117,21 +117,16 @@ class SessionReleases:
     async def hand_back(self, node: NodeEvents, owner: str, client_id: str, epoch: int) -> None:
         """What this node still holds of a session ``owner`` took over while this node
         was down goes to it, as a late hand-over (its routes are long in place)."""
-        node.surrender_session(client_id, epoch, True)
-        await self._send(node, owner, client_id, epoch, final=True, always=True)
+        if node.surrender_session(client_id, epoch, True):
+            await self._send(node, owner, Handover(client_id, epoch, late=True), final=True)
 
     async def _send(
-        self,
-        node: NodeEvents,
-        to: str,
-        client_id: str,
-        epoch: int,
-        final: bool,
-        always: bool = False,
+        self, node: NodeEvents, to: str, handover: Handover, final: bool, always: bool = False
     ) -> None:
-        """Hand over what the session holds now (``final``: and end it); an empty
-        hand-over goes only when ``always``."""
-        held = node.release_session(client_id, final) or SessionMessages()
+        """Send ``handover`` with what the session holds now (``final``: and end it); an
+        empty one goes only when ``always``."""
+        client_id = handover.client_id
+        held = handover.messages = node.release_session(client_id, final) or SessionMessages()
         if not always and not held.queued and not held.outgoing:
             return  # nothing caught since the last one
         seen = held.seen
@@ -139,7 +134,7 @@ class SessionReleases:
             if seq > seen.get(origin, 0):
                 seen[origin] = seq
         try:
-            await self.links.hand_over(to, Handover(client_id, epoch, held))
+            await self.links.hand_over(to, handover)
         except ClusterUnavailable as exc:
             self.undelivered += len(held.queued) + len(held.outgoing)
             log.warning(

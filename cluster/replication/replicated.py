@@ -325,7 +325,7 @@ class RaftCluster:
                 if node.take_late_handover(client_id, handover.messages):
                     return
             elif owner.epoch > handover.epoch and owner.node_id not in self.state.down:
-                onward = Handover(client_id, owner.epoch, handover.messages)
+                onward = Handover(client_id, owner.epoch, handover.messages, late=True)
                 self._tasks.run(self.peers.hand_over(owner.node_id, onward))
                 return
         self.handovers.drop(origin, handover, "no node holds the session now")

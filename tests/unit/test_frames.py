@@ -149,8 +149,15 @@ def test_message_identities_seen_marks_and_barriers_round_trip() -> None:
         outgoing={5: Outgoing(Delivery(forwarded, 1, False))},
         seen={"n3": 1_764_000_000_000_009, "n1": 12},
     )
-    items = [Forwarded(forwarded), Barrier(77, 1234), Handover("c", 3, held), BarrierReply(77)]
+    items = [
+        Forwarded(forwarded),
+        Barrier(77, 1234),
+        Handover("c", 3, held, late=True),
+        BarrierReply(77),
+        Handover("c", 3),
+    ]
     got = _roundtrip(items).items
+    assert [got[2].late, got[4].late] == [True, False]
     assert got[0].message.seq == forwarded.seq
     assert got[0].message.origin == ""  # the receiver knows who sent the frame
     assert got[1] == Barrier(77, 1234) and got[3] == BarrierReply(77)

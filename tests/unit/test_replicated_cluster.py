@@ -458,6 +458,8 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
     await cluster.stop(restarted)
     await a.claim_client("moved", clean_start=False, expiry_interval=600)
     back = cluster.add(restarted)
+    kept = Delivery(Message.create("moved/t", b"kept on disk", 1, False), 1, False)
+    cluster.nodes[restarted].sessions["moved"] = SessionMessages([kept])  # restored from disk
     await back.start()
     await back.raft.wait_ready(10)
     node = cluster.nodes[restarted]
@@ -470,13 +472,14 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
     assert {cid: epoch for cid, epoch, _ in surrendered} == {
         cid: owner.epoch for cid, owner in owners.items()
     }, "at the epochs of the claims that own them now"
-    handed = {(to, h.client_id, h.epoch) for to, h in cluster.forwarder.handovers}
-    assert handed >= {(o.node_id, cid, o.epoch) for cid, o in owners.items()}, "handed back"
-    for cid, owner in owners.items():
-        late = cluster.nodes[owner.node_id].late
-        # Nothing here waits for these claims' hand-overs as a CONNECT would, so they
-        # are passed on as late once unclaimed (3 x HANDOVER_TIMEOUT).
-        await eventually(lambda cid=cid, late=late: any(c == cid for c, _ in late), 15, "late")
+    handed = [(to, h.client_id, h.epoch, h.late) for to, h in cluster.forwarder.handovers]
+    moved = owners["moved"]
+    assert handed == [(moved.node_id, "moved", moved.epoch, True)], "what it held, handed back"
+    late = cluster.nodes[moved.node_id].late
+    await eventually(lambda: late, 5, "added to the session as late")
+    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [
+        ("moved", [b"kept on disk"])
+    ]
 
 
 async def test_add_route_returns_once_every_live_peer_routes_by_it(cluster: Cluster) -> None:
@@ -516,8 +519,31 @@ async def test_a_hand_over_for_a_claim_that_moved_on_goes_to_the_newest_owner(
     assert await n2.handed_over("m", second) is None  # n2's CONNECT stopped waiting
     queued = Delivery(Message.create("m/t", b"late from n1", 1, False), 1, False)
     n2.handover_from_peer("n1", Handover("m", second.epoch, SessionMessages([queued])))
-    held = await n3.handed_over("m", third)
-    assert held is not None and [d.message.payload for d in held.queued] == [b"late from n1"]
+    late = cluster.nodes["n3"].late
+    await eventually(lambda: late, 5, "passed on to n3")
+    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [
+        ("m", [b"late from n1"])
+    ]
+
+
+async def test_a_late_hand_over_never_stands_in_for_the_one_a_connect_waits_for(
+    cluster: Cluster,
+) -> None:
+    """Found by a flaky suite test under load: a node that restarted (or caught up late)
+    handed back an empty session for a claim whose CONNECT was waiting for the previous
+    owner's hand-over; the CONNECT took the empty one, and the previous owner's, with
+    a message in flight, came late and was delivered as new (DUP 0)."""
+    n1, n2 = cluster.hooks["n1"], cluster.hooks["n2"]
+    await n1.claim_client("w", clean_start=False, expiry_interval=600)
+    claim = await n2.claim_client("w", clean_start=False, expiry_interval=600)
+    waiting = asyncio.ensure_future(n2.handed_over("w", claim))
+    n2.handover_from_peer("n3", Handover("w", claim.epoch, late=True))
+    sent = Delivery(Message.create("w/t", b"in flight", 1, False), 1, False)
+    in_flight = SessionMessages(outgoing={1: Outgoing(sent)})
+    n2.handover_from_peer("n1", Handover("w", claim.epoch, in_flight))
+    held = await waiting
+    assert held is not None and list(held.outgoing) == [1], "the previous owner's, resent"
+    assert [cid for cid, _ in cluster.nodes["n2"].late] == ["w"], "the empty one was late"
 
 
 async def test_a_late_hand_over_for_a_session_this_node_owns_now_joins_it_here(
