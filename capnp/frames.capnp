@@ -24,6 +24,12 @@ struct Frame {
   # The incarnation of the receiving node that `ack` counts frames of. A frame
   # resent after the receiver restarted still carries an ack meant for its
   # previous process, which the new one must ignore.
+
+  applied @4 :UInt64;
+  # The sender's count of applied Raft commands (ClusterState.applied) when it
+  # made the frame. The receiver handles the items once it has applied as many
+  # (a bounded wait), so that what the sender sent by state the receiver has
+  # not applied yet (a session re-homed there, say) finds that state.
 }
 
 struct Item {

@@ -137,18 +137,27 @@ class Frame:
     items: list[Item]
     ack_incarnation: int = 0
     """The receiver's incarnation that ``ack`` refers to."""
+    applied: int = 0
+    """The sender's ``ClusterState.applied`` when it made the frame."""
 
 
 # -- encoding -----------------------------------------------------------------
 
 
 def encode_frame(
-    seq: int, ack: int, items: Sequence[Item], now: float, ack_incarnation: int = 0
+    seq: int,
+    ack: int,
+    items: Sequence[Item],
+    now: float,
+    ack_incarnation: int = 0,
+    applied: int = 0,
 ) -> bytes:
     """One frame as unpacked Cap'n Proto bytes; ``now`` is time.monotonic() for expiries."""
     frame = _Frame.new_message()
     if seq:
         frame.seq = seq
+    if applied:
+        frame.applied = applied
     if ack:
         frame.ack = ack
         frame.ackIncarnation = ack_incarnation
@@ -289,7 +298,7 @@ def _read_frame(frame: Any, now: float) -> Frame:
             raise FrameError(f"frame {seq}: unknown item kind {kind!r}")
     if items and not seq:
         raise FrameError("frame carries items but no sequence number")
-    return Frame(seq, frame.ack, items, frame.ackIncarnation)
+    return Frame(seq, frame.ack, items, frame.ackIncarnation, frame.applied)
 
 
 def _read_message(publish: Any, now: float) -> Message:

@@ -28,9 +28,11 @@ against ``queue_limit``; ``offer`` says when that limit is reached, and
 ``has_room`` when the peer has taken enough for senders to go on.
 
 Giving up. ``give_up`` discards what the link holds and fails its waiters
-with ``ClusterUnavailable``; until the stream is back (``stream_started``),
-offers are dropped (counted) and their waiters fail at once. The receiver
-tolerates the resulting gap in sequence numbers.
+with ``ClusterUnavailable``; ``declared_down`` (the cluster declared the peer
+dead) hands it all back, waiters included, instead. Either way, until the
+stream is back (``stream_started``), offers are dropped (counted) and their
+waiters fail at once. The receiver tolerates the resulting gap in sequence
+numbers.
 """
 
 from __future__ import annotations
@@ -75,13 +77,13 @@ class Waiter(Protocol):
 
 
 class SentFrame:
-    __slots__ = ("count", "data", "seq", "waiters")
+    __slots__ = ("batch", "data", "seq")
 
-    def __init__(self, seq: int, data: bytes, count: int, waiters: list[Waiter]) -> None:
+    def __init__(self, seq: int, data: bytes, batch: list[tuple[Item, Waiter | None]]) -> None:
         self.seq = seq
         self.data = data
-        self.count = count
-        self.waiters = waiters
+        self.batch = batch
+        """The frame's items with their waiters: what ``declared_down`` re-homes."""
 
 
 def item_size(item: Item) -> int:
@@ -186,8 +188,7 @@ class ReliableLink:
             return None
         seq = self.next_seq
         self.next_seq += 1
-        waiters = [waiter for _, waiter in batch if waiter is not None]
-        self.unacked.append(SentFrame(seq, data, len(batch), waiters))
+        self.unacked.append(SentFrame(seq, data, batch))
         return data
 
     def _encode_batch(self, batch: list[tuple[Item, Waiter | None]], ack: int) -> bytes | None:
@@ -246,9 +247,10 @@ class ReliableLink:
         unacked = self.unacked
         while unacked and unacked[0].seq <= ack:
             sent = unacked.popleft()
-            self.outstanding -= sent.count
-            for waiter in sent.waiters:
-                waiter.hit()
+            self.outstanding -= len(sent.batch)
+            for _, waiter in sent.batch:
+                if waiter is not None:
+                    waiter.hit()
 
     # -- giving up -----------------------------------------------------------------
 
@@ -276,9 +278,22 @@ class ReliableLink:
             if waiter is not None:
                 waiter.fail(exc)
         for sent in self.unacked:
-            for waiter in sent.waiters:
-                waiter.fail(exc)
+            for _, waiter in sent.batch:
+                if waiter is not None:
+                    waiter.fail(exc)
         self.dropped += self.outstanding
         self.pending.clear()
         self.unacked.clear()
         self.outstanding = 0
+
+    def declared_down(self) -> list[tuple[Item, Waiter | None]]:
+        """The cluster declared the peer dead: everything held for it, oldest first, with
+        its waiters, for the cluster to send where the peer's sessions went (nothing is
+        failed or counted as dropped here). Offers fail until a stream is back."""
+        held = [entry for sent in self.unacked for entry in sent.batch]
+        held.extend(self.pending)
+        self.unreachable = True
+        self.pending.clear()
+        self.unacked.clear()
+        self.outstanding = 0
+        return held

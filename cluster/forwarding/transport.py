@@ -78,7 +78,7 @@ from .handshake import (
     check_identity,
     hello_metadata,
 )
-from .link import ForwardingSettings, ReliableLink
+from .link import ForwardingSettings, ReliableLink, Waiter
 from .peer_status import PeerStatus
 
 log = logging.getLogger("raftmq.cluster.forwarding")
@@ -120,6 +120,13 @@ class PeerInbox(Protocol):
 
     def barrier_reply_from_peer(self, origin: str, token: int) -> None: ...
 
+    def applied_count(self) -> int:
+        """This node's ``ClusterState.applied``: what frames it sends say they follow."""
+
+    def catch_up(self, applied: int) -> Awaitable[None]:
+        """Done once this node has applied ``applied`` commands, or after a bounded wait:
+        a frame is handled only then (``Frame.applied``)."""
+
 
 class _Countdown:
     """Completes one send's future when every target node has acknowledged it."""
@@ -140,11 +147,6 @@ class _Countdown:
             self.future.set_exception(exc)
 
 
-def _encode(seq: int, ack: int, items: Sequence[Item], ack_incarnation: int) -> bytes:
-    """A frame as it goes on the stream: Cap'n Proto in the protobuf envelope."""
-    return wrap(encode_frame(seq, ack, items, time.monotonic(), ack_incarnation))
-
-
 class PeerChannel:
     """One peer's streams, over time: the stream served or dialled now, and its link."""
 
@@ -153,7 +155,7 @@ class PeerChannel:
         self.node_id = node_id
         self.address = address
         self.dials = forwarder.node_id < node_id
-        self.link = ReliableLink(node_id, forwarder.incarnation, forwarder.settings, _encode)
+        self.link = ReliableLink(node_id, forwarder.incarnation, forwarder.settings, self._encode)
         self.room: asyncio.Future[None] | None = None
         """What QoS 0 senders wait on while the link is at its limit."""
         self.wake = asyncio.Event()
@@ -166,6 +168,12 @@ class PeerChannel:
         self.closed = False
         self.give_up_timer: asyncio.TimerHandle | None = None
         self._arm_give_up()
+
+    def _encode(self, seq: int, ack: int, items: Sequence[Item], ack_incarnation: int) -> bytes:
+        """A frame as it goes on the stream: Cap'n Proto in the protobuf envelope."""
+        inbox = self.forwarder.inbox
+        applied = 0 if inbox is None else inbox.applied_count()
+        return wrap(encode_frame(seq, ack, items, time.monotonic(), ack_incarnation, applied))
 
     def enqueue(self, item: Item, waiter: _Countdown | None) -> asyncio.Future[None] | None:
         """Queue ``item``; returns a future to wait on when the link is at its limit."""
@@ -185,15 +193,25 @@ class PeerChannel:
     # -- reachability -----------------------------------------------------------
 
     def _arm_give_up(self) -> None:
+        timeout = self.forwarder.settings.unreachable_timeout
+        if timeout <= 0:
+            return  # the cluster declares the peer down instead (``declared_down``)
         if self.give_up_timer is None and not self.link.unreachable and not self.closed:
             loop = asyncio.get_running_loop()
-            timeout = self.forwarder.settings.unreachable_timeout
             self.give_up_timer = loop.call_later(timeout, self._give_up)
 
     def _give_up(self) -> None:
         self.give_up_timer = None
         self.link.give_up()
         self._check_room()
+
+    def declared_down(self) -> list[tuple[Item, Waiter | None]]:
+        if self.give_up_timer is not None:
+            self.give_up_timer.cancel()
+            self.give_up_timer = None
+        held = self.link.declared_down()
+        self._check_room()
+        return held
 
     def close(self, exc: BaseException) -> None:
         self.closed = True
@@ -284,7 +302,10 @@ class PeerChannel:
             raw = await read()
             if raw is aio.EOF:
                 raise ConnectionError(f"node {origin!r} closed the stream")
-            items = link.receive(decode_frame(unwrap(raw), time.monotonic()))
+            frame = decode_frame(unwrap(raw), time.monotonic())
+            if frame.applied > inbox.applied_count():
+                await inbox.catch_up(frame.applied)
+            items = link.receive(frame)
             self._check_room()
             for item in items:
                 try:
@@ -459,6 +480,13 @@ class Forwarder:
         waiter = _Countdown(asyncio.get_running_loop().create_future(), 1)
         self._channel(node_id).enqueue(item, waiter)
         return waiter.future
+
+    def declared_down(self, node_id: str) -> list[tuple[Item, Waiter | None]]:
+        """The cluster declared ``node_id`` dead: everything its link held, oldest first,
+        waiters included, for the cluster to send where its sessions went
+        (``replication/rehoming.py``)."""
+        channel = self._channels.get(node_id)
+        return [] if channel is None else channel.declared_down()
 
     def _channel(self, node_id: str) -> PeerChannel:
         channel = self._channels.get(node_id)

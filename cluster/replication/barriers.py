@@ -124,3 +124,35 @@ class RouteBarriers:
             "it" if len(due) == 1 else "them",
             self.timeouts,
         )
+
+
+FENCE_WAIT = 1.0
+"""How long a peer's frame waits for this node to apply what the sender had applied."""
+FENCE_RESPITE = 5.0
+"""After a fence wait timed out (this node lags: cut off from the leader, say), frames
+are handled at once for this long, so that a lagging node is not slowed frame by frame."""
+
+
+class StateFence:
+    """The receiving end of ``Frame.applied``: a peer's frame is handled once this node
+    has applied as many commands as the sender had when it sent it.
+
+    The barrier above makes the asker wait for its peers; this makes a receiver
+    wait for its sender. It matters where the sender acts on state it has
+    just applied: a dead node's session re-homed here, whose messages (late
+    hand-overs of what waited for the dead node, and new publishes by the new
+    routes) must find the session adopted here, not yet missing.
+    """
+
+    def __init__(self, raft: RaftNode) -> None:
+        self.raft = raft
+        self.timeouts = 0
+        """Frames handled before this node had caught up with their sender."""
+        self._respite_until = 0.0
+
+    async def catch_up(self, applied: int) -> None:
+        if time.monotonic() < self._respite_until:
+            return
+        if not await self.raft.wait_applied(applied, FENCE_WAIT):
+            self.timeouts += 1
+            self._respite_until = time.monotonic() + FENCE_RESPITE

@@ -42,8 +42,9 @@ from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
 
-from ..forwarding.frames import Handover
-from .barriers import BARRIER_TIMEOUT, BarrierLinks, RouteBarriers
+from ..forwarding.frames import Handover, Item
+from ..forwarding.link import Waiter
+from .barriers import BARRIER_TIMEOUT, BarrierLinks, RouteBarriers, StateFence
 from .commands import (
     ROUTE_COMMANDS,
     AddRoute,
@@ -74,6 +75,7 @@ from .handovers import Handovers
 from .lease import LeaseKeeper
 from .plans import DEFAULT_PLAN_CACHE_SIZE, ForwardingPlans
 from .raft import Applied, RaftNode, RaftStatus
+from .rehoming import PendingRehoming
 from .releases import ROUTE_WAIT, SessionReleases
 from .state import ClusterState
 
@@ -114,6 +116,9 @@ class Peers(BarrierLinks, Protocol):
 
     def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
         """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
+
+    def declared_down(self, node_id: str) -> Sequence[tuple[Item, Waiter | None]]:
+        """``node_id`` is declared dead: what was on its way to it, for ``rehoming.py``."""
 
 
 class Service(Protocol):
@@ -170,6 +175,7 @@ class RaftCluster:
         self.plans = ForwardingPlans(self.node_id, lambda: self.raft.state, peers, plan_cache_size)
         self.forward = self.plans.forward  # ClusterHooks.forward, with no call in between
         self.barriers = RouteBarriers(raft, peers, barrier_timeout)
+        self.fence = StateFence(raft)
         self._tasks = Background()
         self.handovers = Handovers(self._late_handover)
         self._replayed: set[str] = set()
@@ -177,6 +183,7 @@ class RaftCluster:
         self.lease = LeaseKeeper(raft, *lease)
         route_wait = self.lease.state.takeover_wait + ROUTE_WAIT
         self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
+        self.rehoming = PendingRehoming(self.node_id, peers)
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -330,6 +337,12 @@ class RaftCluster:
                 return
         self.handovers.drop(origin, handover, "no node holds the session now")
 
+    def applied_count(self) -> int:
+        return self.raft.state.applied
+
+    def catch_up(self, applied: int) -> Awaitable[None]:
+        return self.fence.catch_up(applied)
+
     def barrier_from_peer(self, origin: str, token: int, applied: int) -> None:
         self.barriers.asked(origin, token, applied)
 
@@ -482,6 +495,12 @@ class RaftCluster:
             for client_id, owner in result.rehomed:
                 if owner.node_id == self.node_id:
                     self._adopt(node, client_id, owner.epoch)
+            held = self.peers.declared_down(command.node_id)
+            if held:
+                state = self.state
+                rehomed = {c: (o, state.sessions[c]) for c, o in result.rehomed}
+                finish = self.rehoming.finish(node, command.node_id, held, rehomed, state.owners)
+                self._tasks.run(finish)
         if applied.mine and node is not None:
             for _, will in result.wills:
                 node.publish_will(Will(*will))

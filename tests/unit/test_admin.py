@@ -171,6 +171,9 @@ class NoPeers:
     def reply_barrier(self, node_id: str, token: int) -> None:
         return None
 
+    def declared_down(self, node_id: str) -> list[Any]:
+        return []
+
 
 def peer_status(node_id: str, connected: bool) -> PeerStatus:
     return PeerStatus(

@@ -70,6 +70,11 @@ class Recorder:
         self.kicks: list[tuple[str, str, int]] = []
         self.handovers: list[tuple[str, Handover]] = []
         self.on_each: Callable[[Message], None] | None = None
+        self.applied = 0
+        """This node's ClusterState.applied, as a RaftCluster would report it."""
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
+        self.fenced: list[int] = []
 
     def publish_from_peer(
         self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
@@ -84,6 +89,13 @@ class Recorder:
 
     def handover_from_peer(self, origin: str, handover: Handover) -> None:
         self.handovers.append((origin, handover))
+
+    def applied_count(self) -> int:
+        return self.applied
+
+    async def catch_up(self, applied: int) -> None:
+        self.fenced.append(applied)
+        await self.caught_up.wait()
 
     def payloads(self) -> list[bytes]:
         return [p for _, _, p, _ in self.publishes]
@@ -457,6 +469,28 @@ async def test_qos1_completes_only_after_the_remote_delivery_callback(cluster: C
     await asyncio.wait_for(pending, 10)  # type: ignore[arg-type]
     assert seen == [False]
     assert cluster.recorders["node2"].payloads() == [b"x"]
+
+
+async def test_a_frame_is_handled_once_the_receiver_applied_what_its_sender_had(
+    cluster: Cluster,
+) -> None:
+    """Frame.applied: a publish sent by state the receiver has not applied yet (a session
+    re-homed there) waits for that state, and so does what follows it on the stream."""
+    a, _ = await two(cluster)
+    sender, receiver = cluster.recorders["node1"], cluster.recorders["node2"]
+    sender.applied, receiver.applied = 12, 11
+    receiver.caught_up.clear()
+    pending = a.send(["node2"], msg("after the re-home"))
+    await wait_until(lambda: receiver.fenced == [12])
+    await asyncio.sleep(0.05)
+    assert receiver.payloads() == [] and not pending.done()  # type: ignore[union-attr]
+    receiver.applied = 12
+    receiver.caught_up.set()
+    await asyncio.wait_for(pending, 10)  # type: ignore[arg-type]
+    assert receiver.payloads() == [b"after the re-home"]
+    a.send(["node2"], msg("no wait"), None)
+    await wait_until(lambda: len(receiver.payloads()) == 2)
+    assert receiver.fenced == [12], "a frame the receiver is level with does not wait"
 
 
 async def test_qos1_waits_for_a_peer_that_is_not_up_yet(cluster: Cluster) -> None:

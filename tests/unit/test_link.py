@@ -196,6 +196,30 @@ def test_giving_up_fails_what_is_held_and_every_send_until_a_stream_is_back() ->
     assert sent(one.next_frame()).seq == 2, "numbering goes on: the peer tolerates the gap"
 
 
+def test_a_peer_declared_down_hands_back_everything_it_held_with_its_waiters() -> None:
+    """For the cluster to send on where the dead peer's sessions went (rehoming.py):
+    nothing is failed or counted as dropped, and the order is the order sent."""
+    one = link()
+    waiters = [Waiter(), Waiter(), Waiter()]
+    one.offer(item("in flight"), waiters[0])
+    one.offer(item("no waiter"), None)
+    one.next_frame()
+    one.offer(item("queued"), waiters[1])
+    one.offer(item("queued too"), waiters[2])
+    held = one.declared_down()
+    assert [(i.message.payload, w) for i, w in held] == [  # type: ignore[union-attr]
+        (b"in flight", waiters[0]),
+        (b"no waiter", None),
+        (b"queued", waiters[1]),
+        (b"queued too", waiters[2]),
+    ]
+    assert all(w.hits == 0 and not w.failures for w in waiters)
+    assert (one.dropped, one.outstanding, one.resend(), one.unreachable) == (0, 0, [], True)
+    late = Waiter()
+    one.offer(item("later"), late)
+    assert isinstance(late.failures[0], ClusterUnavailable), "offers fail until a stream"
+
+
 def test_an_item_that_cannot_be_encoded_fails_its_sender_only() -> None:
     one = link()
     good, bad, after = Waiter(), Waiter(), Waiter()

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from raft_trio import FAST, IDS, Trio, eventually
 
-from raftmq.cluster.forwarding.frames import Handover
+from raftmq.cluster.forwarding.frames import Forwarded, Handover, Item
+from raftmq.cluster.forwarding.link import Waiter
 from raftmq.cluster.replication.commands import (
     ClaimClient,
     NodeDownResult,
@@ -107,6 +108,8 @@ class LoopbackForwarder:
         default_factory=list
     )
     handovers: list[tuple[str, Handover]] = field(default_factory=list)
+    held: dict[str, list[tuple[Item, Waiter | None]]] = field(default_factory=dict)
+    """Per peer, what its link holds, handed back when the peer is declared down."""
 
     def start(self, inbox: RaftCluster) -> None:
         self.clusters[inbox.node_id] = inbox
@@ -126,6 +129,9 @@ class LoopbackForwarder:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    def declared_down(self, node_id: str) -> list[tuple[Item, Waiter | None]]:
+        return self.held.pop(node_id, [])
 
     def send(
         self,
@@ -158,6 +164,18 @@ class NodeLinks:
 
     def reply_barrier(self, node_id: str, token: int) -> None:
         self.forwarder.clusters[node_id].barrier_reply_from_peer(self.node_id, token)
+
+    def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
+        """As over a stream: handled once the receiver has applied what the sender had."""
+        self.forwarder.handovers.append((node_id, handover))
+        receiver = self.forwarder.clusters[node_id]
+        applied = self.forwarder.clusters[self.node_id].applied_count()
+
+        async def deliver() -> None:
+            await receiver.catch_up(applied)
+            receiver.handover_from_peer(self.node_id, handover)
+
+        return asyncio.ensure_future(deliver())
 
 
 @dataclass
@@ -406,6 +424,47 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     assert n2.state.down == {"n3"}
     assert n2.state.owners.get("p1") == Owner(home.node_id, home.epoch)
     assert n1.status().down == ("n3",)
+
+
+class Answer:
+    """A publisher's wait for one forwarded message."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.failures: list[BaseException] = []
+
+    def hit(self) -> None:
+        self.hits += 1
+
+    def fail(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+
+
+async def test_what_waited_for_a_node_declared_down_goes_where_its_sessions_went(
+    cluster: Cluster,
+) -> None:
+    """A publisher held back for a dead node is answered only once what it published
+    reached the dead node's persistent sessions at their new homes; what matched only
+    clean sessions there is done."""
+    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
+    persistent = await n3.claim_client("p", clean_start=False, expiry_interval=600)
+    subs = {"r/#": Subscription("r/#", 1), "r/+/x": Subscription("r/+/x", 2)}
+    await n3.save_subscriptions("p", persistent.epoch, subs)
+    answers = [Answer(), Answer(), Answer()]
+    messages = [Message.create(t, t.encode(), 2, False) for t in ("r/a/x", "other", "r/b")]
+    cluster.forwarder.held["n3"] = list(zip(map(Forwarded, messages), answers, strict=True))
+
+    result = await n1.node_down("n3")
+
+    ((_, home),) = result.rehomed
+    late = cluster.nodes[home.node_id].late
+    await eventually(lambda: late, 5, "handed to the new home")
+    assert [(cid, [(d.message.topic, d.qos) for d in m.queued]) for cid, m in late] == [
+        ("p", [("r/a/x", 2), ("r/b", 1)])
+    ], "one copy per session, at its best QoS, in order; 'other' matched nothing"
+    await eventually(lambda: all(a.hits for a in answers), 5, "publishers answered")
+    assert [(a.hits, a.failures) for a in answers] == [(1, [])] * 3
+    assert sum(h.rehoming.rehomed_messages for h in cluster.hooks.values()) == 2
 
 
 async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: Path) -> None:
