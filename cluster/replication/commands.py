@@ -106,7 +106,34 @@ class SetMembers(_Compact):
 
 @dataclass(frozen=True, slots=True)
 class NodeDown(_Compact):
+    """``node_id`` is dead: its routes go, its sessions move, its wills go out.
+
+    The times are the declaring node's wall clock, carried so that every
+    replica computes the same will due times: ``last_seen``, when the node was
+    last heard alive (a will delay counts from then), and ``declared_at``.
+    ``incarnation`` is the SWIM incarnation it was declared dead at: a
+    declaration at or below one already applied changes nothing (0: an
+    operator's, applied unless the node is down already).
+    """
+
     node_id: str
+    last_seen: float = 0.0
+    declared_at: float = 0.0
+    incarnation: int = 0
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        """Without the SWIM fields, pickled as before they existed: logs keep one form."""
+        if not (self.last_seen or self.declared_at or self.incarnation):
+            return (NodeDown, (self.node_id,))
+        return _Compact.__reduce__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FireWill(_Compact):
+    """A dead node's client's delayed will is due: the node that commits this publishes
+    it, once (``ClusterState.delayed_wills``)."""
+
+    client_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +274,8 @@ class NodeDownResult:
     """Client ids of the dead node that had no persistent session."""
     fence_epoch: int
     """An epoch above every claim so far: kicking with it disconnects any stale holder."""
+    delayed: tuple[str, ...] = ()
+    """Client ids whose wills wait for their delay (``FireWill``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +302,7 @@ _log_names(
     RetainedRecord,
     SetMembers,
     NodeDown,
+    FireWill,
     NodeUp,
     ClaimClient,
     ReleaseClient,

@@ -196,6 +196,8 @@ class RaftNode:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         """Who waits for the state to reach a count of applied commands (``wait_applied``)."""
         self.listener_failures = 0
+        self.leading = False
+        """Whether this node is the Raft leader, as of the last role change it heard of."""
         """Apply and restore listeners that raised (``RaftStatus.listener_failures``)."""
         self._restore_listeners: list[Callable[[ClusterState], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -530,6 +532,7 @@ class RaftNode:
         # keep waiting for it to apply until the timer says the cluster is unavailable.
 
     def _role_changed(self, old: int, new: int) -> None:
+        self.leading = ROLES.get(new) == "leader"
         log.info("raft node %s: %s -> %s", self.node_id, ROLES.get(old, old), ROLES.get(new, new))
 
     # -- status ------------------------------------------------------------------

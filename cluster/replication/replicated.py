@@ -52,6 +52,7 @@ from .commands import (
     ClaimClient,
     ClaimFenced,
     ClaimResult,
+    FireWill,
     NodeDown,
     NodeDownResult,
     NodeUp,
@@ -63,6 +64,7 @@ from .commands import (
     SessionRecord,
     SetMembers,
     SetRetained,
+    WillRecord,
 )
 from .convert import (
     retained_message,
@@ -78,6 +80,7 @@ from .raft import Applied, RaftNode, RaftStatus
 from .rehoming import PendingRehoming
 from .releases import ROUTE_WAIT, SessionReleases
 from .state import ClusterState
+from .wills import DelayedWills
 
 if TYPE_CHECKING:
     from ..forwarding.transport import PeerInbox
@@ -184,6 +187,7 @@ class RaftCluster:
         route_wait = self.lease.state.takeover_wait + ROUTE_WAIT
         self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
         self.rehoming = PendingRehoming(self.node_id, peers)
+        self.delayed_wills = DelayedWills(raft)
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -205,6 +209,7 @@ class RaftCluster:
         self._tasks.run(self._announce())
         self._tasks.run(self._reconcile_when_caught_up())
         self._tasks.run(self.lease.run(self._lease_lost))
+        self._tasks.run(self.delayed_wills.run())
 
     async def stop(self) -> None:
         await self._tasks.cancel()
@@ -394,14 +399,20 @@ class RaftCluster:
 
     # -- administration --------------------------------------------------------------
 
-    async def node_down(self, node_id: str) -> NodeDownResult:
+    async def node_down(
+        self, node_id: str, last_seen: float | None = None, incarnation: int = 0
+    ) -> NodeDownResult:
         """Declare ``node_id`` dead: its routes go, its sessions move, its wills go out.
 
         The wills are published by this node (the one that committed the
         command), from the apply listener, so they go out exactly once even
-        when this call times out and the command commits later.
+        when this call times out and the command commits later; a will delay
+        counts from ``last_seen`` (wall clock; default now), and a delayed
+        will is fired by the leader when due (``wills.py``).
         """
-        result = await self.raft.submit(NodeDown(node_id))
+        now = time.time()
+        seen = now if last_seen is None else last_seen
+        result = await self.raft.submit(NodeDown(node_id, seen, now, incarnation))
         assert isinstance(result, NodeDownResult)
         return result
 
@@ -430,6 +441,10 @@ class RaftCluster:
             self._retained_applied(command.topic, command.retained)
         elif isinstance(command, NodeDown):
             self._node_down_applied(command, applied)
+        elif isinstance(command, FireWill):
+            will = applied.result
+            if applied.mine and isinstance(will, WillRecord) and self._node is not None:
+                self._node.publish_will(Will(*will))
 
     def _claim_applied(self, command: ClaimClient, applied: Applied) -> None:
         result = applied.result

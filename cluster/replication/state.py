@@ -45,6 +45,13 @@ def route_key(full_filter: str) -> RouteKey:
     return RouteKey(None, full_filter) if shared is None else RouteKey(*shared)
 
 
+def _will_delay(will: WillRecord, session: SessionRecord | None) -> float:
+    """Seconds after the connection ended that ``will`` is due: its delay, or the end of
+    its session if that comes first (a session that ends with its connection: 0)."""
+    delay = will.properties.get("will_delay_interval", 0)
+    return float(min(delay, 0 if session is None else session.expiry_interval))
+
+
 def _rehome_index(client_id: str, live: int) -> int:
     """Which live node adopts a session: stable across processes (crc32, not hash())."""
     return zlib.crc32(client_id.encode()) % live
@@ -59,6 +66,7 @@ class ClusterState:
             commands.SetMembers: self._set_members,
             commands.NodeDown: self._node_down,
             commands.NodeUp: self._node_up,
+            commands.FireWill: self._fire_will,
             commands.ClaimClient: self._claim,
             commands.ReleaseClient: self._release,
             commands.AddSessionSubscriptions: self._add_session_subscriptions,
@@ -79,6 +87,11 @@ class ClusterState:
         self.owners: dict[str, Owner] = {}
         self.sessions: dict[str, SessionRecord] = {}
         self.wills: dict[str, WillRecord] = {}
+        self.delayed_wills: dict[str, tuple[WillRecord, float]] = {}
+        """Client id -> (will, wall-clock due time) of a dead node's clients whose will
+        delay runs: the leader fires each when due, unless the client came back."""
+        self.down_incarnations: dict[str, int] = {}
+        """Per node, the highest SWIM incarnation it was declared dead at."""
         self.routes: dict[RouteKey, set[str]] = {}
         self.retained: dict[str, RetainedRecord] = {}
         self._route_index: TopicIndex[tuple[str | None, str], None] = TopicIndex()
@@ -116,6 +129,8 @@ class ClusterState:
         epoch = self.next_epoch
         self.next_epoch += 1
         self.owners[client_id] = Owner(cmd.node_id, epoch)
+        # Back before its will delay ran out: no will (MQTT 5 §3.1.3.2.2).
+        self.delayed_wills.pop(client_id, None)
         # The previous connection's will is its old node's business now (it
         # publishes it, or not, as the connection ends there).
         if cmd.will is None:
@@ -207,10 +222,20 @@ class ClusterState:
         self.down.discard(cmd.node_id)
         return True
 
+    def _fire_will(self, cmd: commands.FireWill) -> WillRecord | None:
+        delayed = self.delayed_wills.pop(cmd.client_id, None)
+        return None if delayed is None else delayed[0]
+
     def _node_down(self, cmd: commands.NodeDown) -> NodeDownResult:
-        """Drop a dead node's routes, re-home its persistent sessions, hand back its wills."""
+        """Drop a dead node's routes, re-home its persistent sessions, hand back its wills
+        (those with a delay wait in ``delayed_wills``)."""
         dead = cmd.node_id
+        stale = 0 < cmd.incarnation <= self.down_incarnations.get(dead, 0)
+        if dead in self.down or stale:
+            return NodeDownResult((), (), (), self.next_epoch)
         self.down.add(dead)
+        if cmd.incarnation:
+            self.down_incarnations[dead] = cmd.incarnation
         for key, nodes in list(self.routes.items()):
             if dead in nodes:
                 self._remove_route(commands.RemoveRoute(dead, key[1], key[0]))
@@ -218,11 +243,17 @@ class ClusterState:
         wills: list[tuple[str, WillRecord]] = []
         rehomed: list[tuple[str, Owner]] = []
         released: list[str] = []
+        delayed: list[str] = []
         for client_id in sorted(cid for cid, owner in self.owners.items() if owner.node_id == dead):
+            session = self.sessions.get(client_id)
             will = self.wills.pop(client_id, None)
             if will is not None:
-                wills.append((client_id, will))
-            session = self.sessions.get(client_id)
+                due = cmd.last_seen + _will_delay(will, session)
+                if cmd.declared_at and due > cmd.declared_at:  # no times given: due now
+                    self.delayed_wills[client_id] = (will, due)
+                    delayed.append(client_id)
+                else:
+                    wills.append((client_id, will))
             if session is None or not live:
                 del self.owners[client_id]
                 released.append(client_id)
@@ -234,7 +265,9 @@ class ClusterState:
             for sub in session.subscriptions:
                 group, topic_filter = route_key(sub.topic_filter)
                 self._add_route(commands.AddRoute(home, topic_filter, group))
-        return NodeDownResult(tuple(wills), tuple(rehomed), tuple(released), self.next_epoch)
+        return NodeDownResult(
+            tuple(wills), tuple(rehomed), tuple(released), self.next_epoch, tuple(delayed)
+        )
 
     # -- reading -------------------------------------------------------------
 
@@ -277,6 +310,10 @@ class ClusterState:
                 for cid, s in self.sessions.items()
             },
             "wills": {cid: tuple(will) for cid, will in self.wills.items()},
+            "delayed_wills": {
+                cid: (tuple(will), due) for cid, (will, due) in self.delayed_wills.items()
+            },
+            "down_incarnations": dict(self.down_incarnations),
             "routes": {tuple(key): tuple(sorted(nodes)) for key, nodes in self.routes.items()},
             "retained": {topic: tuple(r) for topic, r in self.retained.items()},
         }
@@ -299,6 +336,11 @@ class ClusterState:
             for cid, (expiry, subs) in snapshot["sessions"].items()
         }
         self.wills = {cid: WillRecord(*will) for cid, will in snapshot["wills"].items()}
+        self.delayed_wills = {
+            cid: (WillRecord(*will), due)
+            for cid, (will, due) in snapshot.get("delayed_wills", {}).items()
+        }
+        self.down_incarnations = dict(snapshot.get("down_incarnations", {}))
         for (group, topic_filter), nodes in snapshot["routes"].items():
             for node in nodes:
                 self._add_route(commands.AddRoute(node, topic_filter, group))

@@ -20,6 +20,7 @@ from raftmq.cluster.replication.commands import (
     ClaimClient,
     ClaimFenced,
     ClaimResult,
+    FireWill,
     NodeDown,
     NodeDownResult,
     NodeUp,
@@ -299,7 +300,7 @@ def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
     result = state.apply(NodeDown("n2"))
 
     assert isinstance(result, NodeDownResult)
-    assert result.wills == (("c2", WILL), ("p1", will_p1))
+    assert result.wills == (("c2", WILL), ("p1", will_p1)), "no times given: all due now"
     assert result.released == ("c2", "c3")
     live = ("n1", "n3")
     home = live[zlib.crc32(b"p1") % 2]
@@ -319,6 +320,48 @@ def test_node_down_drops_routes_rehomes_sessions_and_returns_wills() -> None:
     assert state.apply(NodeUp("n2")) is True
     assert state.apply(NodeUp("n2")) is False
     assert state.live_members() == ("n1", "n2", "n3")
+
+
+def test_a_dead_nodes_delayed_wills_wait_from_when_it_was_last_seen() -> None:
+    """MQTT 5 will delay across a node death: counted from the node's last sign of life,
+    capped by the session's expiry, cancelled by the client coming back, and fired once
+    (FireWill) by whoever commits it first."""
+    state = ClusterState()
+    state.apply(SetMembers(("n1", "n2", "n3")))
+    wills = {}
+    for cid, delay, expiry in (("soon", 5, 3600), ("capped", 60, 10), ("back", 30, 3600)):
+        epoch = claim(state, cid, "n2", expiry).epoch
+        wills[cid] = WillRecord(f"w/{cid}", b"gone", 1, False, {"will_delay_interval": delay})
+        state.apply(RegisterWill(cid, "n2", epoch, wills[cid]))
+    epoch = claim(state, "late", "n2", 3600).epoch
+    wills["late"] = WillRecord("w/late", b"gone", 1, False, {"will_delay_interval": 2})
+    state.apply(RegisterWill("late", "n2", epoch, wills["late"]))
+
+    result = state.apply(NodeDown("n2", last_seen=100.0, declared_at=104.0, incarnation=3))
+
+    assert isinstance(result, NodeDownResult)
+    assert result.wills == (("late", wills["late"]),), "its 2 s had run out when declared"
+    assert result.delayed == ("back", "capped", "soon")
+    assert {cid: due for cid, (_, due) in state.delayed_wills.items()} == {
+        "soon": 105.0,
+        "capped": 110.0,
+        "back": 130.0,
+    }
+    claim(state, "back", "n1", 3600)
+    assert "back" not in state.delayed_wills, "the client came back: no will"
+    restored = ClusterState()
+    restored.restore(state.snapshot())
+    assert restored.delayed_wills == state.delayed_wills
+    assert state.apply(FireWill("soon")) == wills["soon"]
+    assert state.apply(FireWill("soon")) is None, "once"
+    assert state.apply(FireWill("back")) is None
+    again = state.apply(NodeDown("n2", last_seen=200.0, declared_at=201.0, incarnation=3))
+    assert again == NodeDownResult((), (), (), state.next_epoch), "already down"
+    state.apply(NodeUp("n2"))
+    stale = state.apply(NodeDown("n2", last_seen=200.0, declared_at=201.0, incarnation=3))
+    assert stale.rehomed == () and "n2" not in state.down, "came back after incarnation 3"
+    state.apply(NodeDown("n2", last_seen=300.0, declared_at=301.0, incarnation=4))
+    assert "n2" in state.down, "a later death is declared"
 
 
 def test_node_down_with_no_live_node_left_releases_but_keeps_the_session() -> None:

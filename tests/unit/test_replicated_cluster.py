@@ -426,6 +426,29 @@ async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) 
     assert n1.status().down == ("n3",)
 
 
+async def test_a_delayed_will_of_a_dead_nodes_client_goes_out_once_when_due(
+    cluster: Cluster,
+) -> None:
+    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
+    await n3.claim_client("d", clean_start=False, expiry_interval=600)
+    delayed = Will("wills/d", b"d gone", 1, False, {"will_delay_interval": 1})
+    await n3.register_will("d", delayed)
+    started = time.time()
+
+    result = await n1.node_down("n3", last_seen=started)
+
+    assert result.wills == () and result.delayed == ("d",)
+    published = [(n, m) for n in IDS for m in cluster.nodes[n].forwarded]
+    assert published == [], "not before its delay"
+    await eventually(lambda: any(cluster.nodes[n].forwarded for n in IDS), 5, "fired")
+    assert time.time() - started >= 1.0
+    await asyncio.sleep(0.6)  # a few more leader polls
+    published = [(n, m.topic) for n in IDS for m in cluster.nodes[n].forwarded]
+    leader = (await cluster.trio.leader()).node_id
+    assert published == [(leader, "wills/d")], "once, by the leader"
+    assert n1.state.delayed_wills == {}
+
+
 class Answer:
     """A publisher's wait for one forwarded message."""
 
