@@ -25,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 from raftmq.node.background import Background
 from raftmq.node.hooks import (
@@ -42,9 +41,8 @@ from raftmq.node.message import Message
 from raftmq.node.packets import Will
 from raftmq.node.session import Subscription
 
-from ..forwarding.frames import Handover, Item
-from ..forwarding.link import Waiter
-from .barriers import BARRIER_TIMEOUT, BarrierLinks, RouteBarriers, StateFence
+from ..forwarding.frames import Handover
+from .barriers import BARRIER_TIMEOUT, RouteBarriers, StateFence
 from .commands import (
     ROUTE_COMMANDS,
     AddRoute,
@@ -75,6 +73,7 @@ from .convert import (
 )
 from .handovers import Handovers
 from .lease import LeaseKeeper
+from .peers import Peers, Service
 from .plans import DEFAULT_PLAN_CACHE_SIZE, ForwardingPlans
 from .raft import Applied, RaftNode, RaftStatus
 from .rehoming import PendingRehoming
@@ -82,54 +81,12 @@ from .releases import ROUTE_WAIT, SessionReleases
 from .state import ClusterState
 from .wills import DelayedWills
 
-if TYPE_CHECKING:
-    from ..forwarding.transport import PeerInbox
-
 log = logging.getLogger("raftmq.cluster")
 
 ANNOUNCE_RETRY = 1.0
 CLAIM_ATTEMPTS = 3
 """A CONNECT's claim is retried when fenced (another claim of the client came
 first); after this many the client is told "server unavailable"."""
-
-
-class Peers(BarrierLinks, Protocol):
-    """What carries this node's messages to the others (``forwarding.transport.Forwarder``)."""
-
-    def start(self, inbox: PeerInbox) -> None:
-        """Open the streams to the peers; what they send from now on goes to ``inbox``."""
-
-    async def stop(self) -> None: ...
-
-    def send(
-        self,
-        node_ids: Collection[str],
-        message: Message,
-        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
-    ) -> Awaitable[None] | None:
-        """Queue ``message`` for each node; the awaitable completes when all have taken it.
-
-        A target delivers to its plain subscribers, and to the members of the
-        share groups ``shared_groups`` names for it: no others, so that each
-        group gets a message once cluster-wide.
-        """
-
-    def hand_over(self, node_id: str, handover: Handover) -> Awaitable[None]:
-        """Move a session's messages to ``node_id``; done when it has taken them."""
-
-    def kick(self, node_id: str, client_id: str, epoch: int) -> Awaitable[None]:
-        """Tell ``node_id`` that ``client_id`` is now owned at ``epoch``; done when applied."""
-
-    def declared_down(self, node_id: str) -> Sequence[tuple[Item, Waiter | None]]:
-        """``node_id`` is declared dead: what was on its way to it, for ``rehoming.py``."""
-
-
-class Service(Protocol):
-    """Something the node runs beside Raft (its gRPC server)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +182,11 @@ class RaftCluster:
         if self._node is not None:
             self._node.cluster_lost()
 
-    async def _announce(self) -> None:
-        """Commit the member list and that this node is up, retrying until it sticks."""
+    async def _announce(self, members: bool = True) -> None:
+        """Commit the member list (unless not ``members``) and that this node is up,
+        retrying until it sticks."""
         commands: list[object] = [NodeUp(self.node_id)]
-        if self._members is not None:
+        if members and self._members is not None:
             commands.insert(0, SetMembers(self._members))
         while True:
             try:
@@ -502,10 +460,16 @@ class RaftCluster:
             return
         node = self._node
         if command.node_id == self.node_id and node is not None:
-            # Declared dead while alive: our clients now belong elsewhere.
+            # Declared dead while alive (cut off, paused): our clients belong elsewhere
+            # now, what we still hold of their sessions goes after them, and we rejoin.
             for client_id in (*result.released, *(cid for cid, _ in result.rehomed)):
                 self._claims.pop(client_id, None)
                 node.kick_client(client_id, result.fence_epoch)
+            for client_id, owner in result.rehomed:
+                hand_back = self.releases.hand_back(node, owner.node_id, client_id, owner.epoch)
+                self._tasks.run(hand_back)
+            if self.node_id in self.state.down:
+                self._tasks.run(self._announce(members=False))
         if node is not None:
             for client_id, owner in result.rehomed:
                 if owner.node_id == self.node_id:

@@ -189,7 +189,7 @@ def test_no_import_circle_in_node_or_cluster() -> None:
 def test_the_graph_sees_lazy_and_type_checking_imports_in_the_tree() -> None:
     graph = import_graph(find_modules(PACKAGES))
     assert "raftmq.cluster.assemble" in graph["raftmq.cluster.cli.node"], "a lazy import"
-    type_only = graph["raftmq.cluster.replication.replicated"]
+    type_only = graph["raftmq.cluster.replication.peers"]
     assert "raftmq.cluster.forwarding.transport" in type_only, "under TYPE_CHECKING"
 
 
