@@ -110,6 +110,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "A node declared down that is in fact running loses its clients.",
     )
     node_down.add_argument("node_id", metavar="NODE", help="id of the dead node")
+    node_down.add_argument(
+        "--force",
+        action="store_true",
+        help="declare NODE down even though SWIM sees it alive (its clients are kicked)",
+    )
     _add_access_options(node_down)
     node_down.set_defaults(handler=_run_node_down)
 
@@ -152,7 +157,7 @@ def _run_node_down(args: argparse.Namespace) -> int:
     access.address_of(first)
     return _run(
         args,
-        lambda: declare_down(access, args.node_id, first, args.timeout),
+        lambda: declare_down(access, args.node_id, first, args.timeout, args.force),
         render_node_down,
     )
 
@@ -181,7 +186,9 @@ async def _ask_status(access: ClusterAccess, node_id: str, timeout: float) -> Re
         return await client.status()
 
 
-async def declare_down(access: ClusterAccess, dead: str, first: str, timeout: float) -> Report:
+async def declare_down(
+    access: ClusterAccess, dead: str, first: str, timeout: float, force: bool = False
+) -> Report:
     """Find the leader (asking ``first``, then the other nodes but ``dead``) and have it
     declare ``dead`` down; follows the leader's redirect once if leadership moved."""
     from .client import AdminCallFailed
@@ -208,13 +215,13 @@ async def declare_down(access: ClusterAccess, dead: str, first: str, timeout: fl
         )
     try:
         async with access.client(leader, timeout) as client:
-            return await client.node_down(dead)
+            return await client.node_down(dead, force)
     except AdminCallFailed as exc:
         moved = exc.leader
         if moved is None or moved in (leader, dead) or moved not in access.addresses:
             raise
     async with access.client(moved, timeout) as client:
-        return await client.node_down(dead)
+        return await client.node_down(dead, force)
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -254,20 +261,25 @@ def render_status(report: Report) -> str:
         ),
         "",
     ]
+    health = report.get("health", {})
     members = []
     for node_id in report["members"]:
         raft = "this node" if node_id == report["node"] else _link(raft_peers.get(node_id))
+        swim = health.get(node_id)
         members.append(
             (
                 node_id,
                 "down" if node_id in down else "up",
+                None if swim is None else f"{swim['state']} ({swim['incarnation']})",
+                None if swim is None or swim["rtt_ms"] is None else f"{swim['rtt_ms']:g} ms",
                 "leader" if node_id == leader else None,
                 raft,
                 clients.get(node_id, 0),
                 sessions.get(node_id, 0),
             )
         )
-    lines += _table(("MEMBER", "STATE", "ROLE", "RAFT LINK", "CLIENTS", "SESSIONS"), members)
+    headers = ("MEMBER", "STATE", "SWIM", "PROBE RTT", "ROLE", "RAFT LINK")
+    lines += _table((*headers, "CLIENTS", "SESSIONS"), members)
     counts = report["counts"]
     lines += [
         "",
@@ -320,6 +332,7 @@ def render_node_down(report: Report) -> str:
     lines = [
         f"node {node} declared down by leader {report['leader']}{again}",
         _listed("wills published", report["wills"]),
+        _listed("wills waiting for their delay", report.get("delayed_wills", [])),
         _listed("sessions re-homed", [f"{cid} -> {owner}" for cid, owner in rehomed.items()]),
         _listed("clients released", report["released"]),
     ]

@@ -62,8 +62,8 @@ class AdminClient:
     async def status(self) -> Report:
         return await self._call(STATUS, {})
 
-    async def node_down(self, node_id: str) -> Report:
-        return await self._call(NODE_DOWN, {"node": node_id})
+    async def node_down(self, node_id: str, force: bool = False) -> Report:
+        return await self._call(NODE_DOWN, {"node": node_id, "force": force})
 
     async def _call(self, method: str, body: Report) -> Report:
         raw = json.dumps(body).encode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -97,6 +98,15 @@ def status_report(
             for (group, topic_filter), nodes in routes[:route_limit]
         ],
         "routes_more": max(0, len(routes) - route_limit),
+        "health": {
+            node_id: {
+                "state": member.state,
+                "incarnation": member.incarnation,
+                "rtt_ms": None if member.rtt is None else round(member.rtt * 1000, 3),
+                "last_alive_s": round(max(0.0, time.monotonic() - member.last_alive), 3),
+            }
+            for node_id, member in sorted(cluster.health().items())
+        },
         "streams": {
             node_id: {
                 "address": peer.address,
@@ -125,8 +135,14 @@ class AdminError(Exception):
         self.leader = leader
 
 
-async def declare_node_down(cluster: RaftCluster, streams: StreamHealth, node_id: str) -> Report:
-    """Commit ``node_down(node_id)`` from the leader; what it did, as the reply carries it."""
+async def declare_node_down(
+    cluster: RaftCluster, streams: StreamHealth, node_id: str, force: bool = False
+) -> Report:
+    """Commit ``node_down(node_id)`` from the leader; what it did, as the reply carries it.
+
+    A node this node's SWIM sees alive (or only suspects) is refused unless
+    ``force``: declaring a running node down kicks its clients and publishes
+    their wills while they are still connected."""
     raft = cluster.raft.status()
     me = cluster.node_id
     if raft.role != "leader":
@@ -147,11 +163,23 @@ async def declare_node_down(cluster: RaftCluster, streams: StreamHealth, node_id
             grpc.StatusCode.INVALID_ARGUMENT,
             f"node {node_id!r} is the Raft leader answering this call, so it is not down",
         )
+    member = cluster.health().get(node_id)
+    if member is not None and member.state in ("alive", "suspect") and not force:
+        raise AdminError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"node {node_id!r} is {member.state} as SWIM sees it from node {me!r} "
+            f"(incarnation {member.incarnation}); declaring a running node down disconnects "
+            "its clients and publishes their wills: use --force to do it anyway",
+        )
     already_down = node_id in cluster.state.down
     peer = streams.status().get(node_id)
-    log.info("admin: declaring node %r down", node_id)
+    log.info("admin: declaring node %r down%s", node_id, " (forced)" if force else "")
+    last_seen = None
+    if member is not None:
+        last_seen = time.time() - max(0.0, time.monotonic() - member.last_alive)
     try:
-        result = await cluster.node_down(node_id)
+        incarnation = 0 if member is None else member.incarnation
+        result = await cluster.node_down(node_id, last_seen, incarnation)
     except ClusterUnavailable as exc:
         raise AdminError(grpc.StatusCode.UNAVAILABLE, f"node-down not committed: {exc}") from exc
     except CommandRejected as exc:
@@ -162,6 +190,7 @@ async def declare_node_down(cluster: RaftCluster, streams: StreamHealth, node_id
         "already_down": already_down,
         "stream_connected": peer is not None and peer.connected,
         "wills": [client_id for client_id, _ in result.wills],
+        "delayed_wills": list(result.delayed),
         "rehomed": {client_id: owner.node_id for client_id, owner in result.rehomed},
         "released": list(result.released),
     }
@@ -198,7 +227,10 @@ class AdminService:
         node_id = body.get("node")
         if not isinstance(node_id, str) or not node_id:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "NodeDown needs a node id")
-        return await declare_node_down(self._cluster, self._streams, node_id)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "NodeDown's force is a boolean")
+        return await declare_node_down(self._cluster, self._streams, node_id, force)
 
     async def _answer(
         self,

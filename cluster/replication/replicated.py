@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from raftmq.node.background import Background
@@ -71,6 +71,7 @@ from .convert import (
     stored_subscription,
     will_record,
 )
+from .deaths import MemberHealth
 from .handovers import Handovers
 from .lease import LeaseKeeper
 from .peers import Peers, Service
@@ -145,6 +146,9 @@ class RaftCluster:
         self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
         self.rehoming = PendingRehoming(self.node_id, peers)
         self.delayed_wills = DelayedWills(raft)
+        self.health: Callable[[], Mapping[str, MemberHealth]] = dict
+        """Each member as this node's SWIM sees it (``membership.py`` sets it; empty
+        without SWIM)."""
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from raftmq.cluster.admin.cli import (
 from raftmq.cluster.admin.client import AdminCallFailed, AdminClient
 from raftmq.cluster.admin.service import AdminService, status_report
 from raftmq.cluster.forwarding.peer_status import PeerStatus
+from raftmq.cluster.replication.deaths import MemberHealth
 from raftmq.cluster.replication.replicated import RaftCluster
 from raftmq.cluster.rpc import wrap
 from raftmq.cluster.tls import NodeTLS
@@ -353,7 +355,8 @@ async def test_node_down_through_the_cli_reports_wills_sessions_and_releases(
     assert report["released"] == ["leaves-a-will"]
     assert list(report["rehomed"]) == ["persistent"]
     assert report["rehomed"]["persistent"] in (leader, other)
-    assert nodes.clusters[leader].state.down == {dead}
+    # (`dead` runs, so it learns it was declared down and rejoins: state.down empties.)
+    assert nodes.clusters[leader].state.owners["persistent"].node_id != dead
     text = render_node_down(report)
     assert f"node {dead} declared down by leader {leader}" in text
     assert "wills published: 1 (leaves-a-will)" in text
@@ -362,6 +365,19 @@ async def test_node_down_through_the_cli_reports_wills_sessions_and_releases(
 
     with pytest.raises(AdminCommandFailed, match=f"node {leader} is the Raft leader"):
         await declare_down(nodes.access(), leader, dead, timeout=10)
+
+
+async def test_node_down_of_a_node_swim_sees_alive_needs_force(nodes: AdminNodes) -> None:
+    leader = nodes.leader()
+    alive = next(n for n in IDS if n != leader)
+    nodes.clusters[leader].health = lambda: {alive: MemberHealth("alive", 7, time.monotonic())}
+    with pytest.raises(AdminCallFailed, match=f"'{alive}' is alive as SWIM sees it") as refused:
+        await declare_down(nodes.access(), alive, leader, timeout=10)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "use --force" in str(refused.value) and "incarnation 7" in str(refused.value)
+    assert not nodes.clusters[leader].state.down
+    report = await declare_down(nodes.access(), alive, leader, timeout=10, force=True)
+    assert report["node"] == alive and report["already_down"] is False
 
 
 async def test_declare_down_says_which_nodes_it_could_not_ask(nodes: AdminNodes) -> None:
@@ -425,6 +441,10 @@ def sample_status() -> dict[str, Any]:
             {"filter": "jobs/+", "share_group": "workers", "nodes": ["n2"]},
         ],
         "routes_more": 1,
+        "health": {
+            "n2": {"state": "alive", "incarnation": 3, "rtt_ms": 0.42, "last_alive_s": 0.1},
+            "n3": {"state": "dead", "incarnation": 1, "rtt_ms": None, "last_alive_s": 12.0},
+        },
         "streams": {
             "n2": dataclasses.asdict(peer_status("n2", True)),
             "n3": {**dataclasses.asdict(peer_status("n3", False)), "unreachable": True},
@@ -439,9 +459,9 @@ def test_status_renders_as_compact_tables() -> None:
     assert "MEMBER" in lines[3] and "SESSIONS" in lines[3]
     members = [line.split() for line in lines[4:7]]
     assert members == [
-        ["n1", "up", "-", "this", "node", "3", "0"],
-        ["n2", "up", "leader", "connected", "2", "2"],
-        ["n3", "down", "-", "lost", "0", "0"],
+        ["n1", "up", "-", "-", "-", "this", "node", "3", "0"],
+        ["n2", "up", "alive", "(3)", "0.42", "ms", "leader", "connected", "2", "2"],
+        ["n3", "down", "dead", "(1)", "-", "-", "lost", "0", "0"],
     ]
     assert "clients 5, persistent sessions 2, wills 4, retained 1, routes 3" in lines
     assert any(line.split() == ["a/#", "-", "n1,n2"] for line in lines)
@@ -467,6 +487,7 @@ def test_node_down_renders_one_line_per_consequence() -> None:
     assert render_node_down(report).splitlines() == [
         "node n3 declared down by leader n1 (it was down already)",
         "wills published: 0",
+        "wills waiting for their delay: 0",
         "sessions re-homed: 2 (a -> n1, b -> n2)",
         "clients released: 1 (c)",
     ]
