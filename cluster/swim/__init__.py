@@ -21,6 +21,7 @@ Why not the ``swim-protocol`` package (0.6.3, PyPI, evaluated for issue 12):
 Each gap alone decides it; so the core is written here.
 """
 
+from .core import Swim
 from .errors import DROP_REASONS, BadPacket, Replayed, Unauthenticated, UnknownVersion
 from .members import Member, MemberMeta, MembershipEvent, State, Update
 from .messages import Ack, Message, Nack, Outgoing, Ping, PingReq, PushPull
@@ -43,6 +44,7 @@ __all__ = [
     "Replayed",
     "Sealer",
     "State",
+    "Swim",
     "SwimSettings",
     "Unauthenticated",
     "UnknownVersion",
