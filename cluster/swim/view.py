@@ -4,13 +4,16 @@ Every update, whether piggybacked, from a full-state exchange or this
 member's own verdict, goes through ``MemberView.apply``: newer news replaces
 a record (``Member.superseded_by``), is gossiped on, and changes or ends a
 suspicion; news about this member itself is refuted by raising its
-incarnation. Beyond SWIM, two kinds of stale news are answered rather than
-ignored, so that a member that missed an update hears it from whoever it
-talks to instead of waiting for the next full-state exchange:
+incarnation. Beyond SWIM, news that is stale somewhere is pushed where it is
+needed rather than left to gossip, so that a wrongly suspected member
+refutes within a round trip, and a member that missed an update hears it
+from whoever it talks to instead of at the next full-state exchange:
 
 - a member said to be suspect, dead or left is told so by every message this
-  member sends it (``told``), so it can refute at once, and a member that
+  member sends it (``told``: Lifeguard's "buddy system"), and a member that
   left says so in every message after;
+- a member accused, rightly or by stale news, names its accusers
+  (``take_accusers``), and the core pings them at once with its record;
 - an accusation of an incarnation already refuted, or of a member that left,
   makes this member gossip the newer record again.
 """
