@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from .broadcasts import BroadcastQueue
 from .health import LocalHealth
-from .members import Member, MemberMeta, MembershipEvent, State, Update
+from .members import MAX_INCARNATION, Member, MemberMeta, MembershipEvent, State, Update
 from .settings import SwimSettings
 from .suspicion import Suspicion
 
@@ -139,7 +139,8 @@ class MemberView:
         """This member leaves: ``left`` at a new incarnation, which outranks any suspicion
         or death of the one it had."""
         local = self.local
-        self.local = Member(local.node_id, local.incarnation + 1, State.LEFT, local.meta, now)
+        incarnation = min(local.incarnation + 1, MAX_INCARNATION)
+        self.local = Member(local.node_id, incarnation, State.LEFT, local.meta, now)
         self.broadcasts.add(self.local.news())
 
     def told(self, node_id: str | None) -> list[Update]:
@@ -168,8 +169,9 @@ class MemberView:
             return
         # Suspected, declared dead or left, or alive in another life (a previous run, other
         # addresses): speak up with an incarnation above the one said.
+        incarnation = min(update.incarnation + 1, MAX_INCARNATION)
         self.local = Member(
-            local.node_id, update.incarnation + 1, State.ALIVE, local.meta, local.state_changed_at
+            local.node_id, incarnation, State.ALIVE, local.meta, local.state_changed_at
         )
         self.broadcasts.add(self.local.news())
         self.health.adjust(1)
