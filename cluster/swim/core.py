@@ -65,9 +65,9 @@ class Swim:
             )
         self.settings = settings
         self._rng = rng
-        self.health = LocalHealth(settings.max_local_health)
-        self.view = MemberView(meta, settings, self.health, now, incarnation)
-        self._prober = Prober(self.view, settings, self.health, rng, now)
+        self._health = LocalHealth(settings.max_local_health)
+        self._view = MemberView(meta, settings, self._health, now, incarnation)
+        self._prober = Prober(self._view, settings, self._health, rng, now)
         self._seeds: list[str] = []
         self._introduced: set[str] = set()
         interval = settings.push_pull_interval
@@ -75,16 +75,16 @@ class Swim:
 
     @property
     def node_id(self) -> str:
-        return self.view.node_id
+        return self._view.node_id
 
     @property
     def meta(self) -> MemberMeta:
-        return self.view.local.meta
+        return self._view.local.meta
 
     @property
     def local_health(self) -> int:
         """Lifeguard's score of this member's own health: 0 is healthy."""
-        return self.health.score
+        return self._health.score
 
     def join(self, seeds: Iterable[str]) -> list[Outgoing]:
         """Exchange full state with each of ``seeds`` ("host:port" SWIM addresses); later
@@ -95,25 +95,27 @@ class Swim:
     def leave(self, now: float) -> list[Outgoing]:
         """Leave for good: every live member is told at once (and every later message says
         so too). Keep receiving for a moment, so that a lost packet is made up for."""
-        self.view.leave(now)
-        return self._dress(self._prober.pings(self.view.live()))
+        if self._view.local.state is State.LEFT:
+            return []
+        self._view.leave(now)
+        return self._dress(self._prober.pings(self._view.live()))
 
     def next_deadline(self) -> float:
         """When ``tick`` must be called next, at the latest."""
-        if self.view.local.state is State.LEFT:
+        if self._view.local.state is State.LEFT:
             return float("inf")
-        return min(self._prober.next_deadline(), self.view.next_deadline(), self._next_push_pull)
+        return min(self._prober.next_deadline(), self._view.next_deadline(), self._next_push_pull)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Do what is due by ``now``."""
-        if self.view.local.state is State.LEFT:
+        if self._view.local.state is State.LEFT:
             return []
         late = now - self.next_deadline()
         if late > self.settings.probe_timeout:
             self._prober.void(now)
-            self.view.postpone(late)
-            self.health.adjust(1)
-        self.view.expire(now)
+            self._view.postpone(late)
+            self._health.adjust(1)
+        self._view.expire(now)
         out = self._prober.tick(now)
         if now >= self._next_push_pull:
             out += self._push_pull(now)
@@ -124,7 +126,7 @@ class Swim:
         if message.sender == self.node_id:
             return []
         for update in message.updates:
-            self.view.apply(update, now)
+            self._view.apply(update, now)
         out = self._answer_accusers()
         if isinstance(message, Ping | PingReq):
             out += self._introduce(from_addr, message.sender)
@@ -146,14 +148,14 @@ class Swim:
 
     def events(self) -> list[MembershipEvent]:
         """The membership changes since the last call, oldest first."""
-        return self.view.take_events()
+        return self._view.take_events()
 
     def members(self) -> list[Member]:
         """Every member known, this one first, then by node id."""
-        return [self.view.local, *sorted(self.view.records(), key=lambda m: m.node_id)]
+        return [self._view.local, *sorted(self._view.records(), key=lambda m: m.node_id)]
 
     def member(self, node_id: str) -> Member | None:
-        return self.view.local if node_id == self.node_id else self.view.get(node_id)
+        return self._view.local if node_id == self.node_id else self._view.get(node_id)
 
     def probe_rtts(self) -> dict[str, float]:
         """Per member, the round trip in seconds of the last probe it answered directly."""
@@ -162,20 +164,20 @@ class Swim:
     def _answer_accusers(self) -> list[Outgoing]:
         """Ping whoever said this member is suspect, dead or left, at once: the ping
         carries the refutation (and its ack more gossip back)."""
-        return self._prober.pings(sorted(self.view.take_accusers()))
+        return self._prober.pings(sorted(self._view.take_accusers()))
 
     def _introduce(self, addr: str, sender: str) -> list[Outgoing]:
         """Exchange full state with a member that probes this one without being known
         here: the gossip of its arrival ran out before reaching this member. Once per
         member between two periodic exchanges."""
-        if self.view.get(sender) is not None or sender in self._introduced:
+        if self._view.get(sender) is not None or sender in self._introduced:
             return []
         self._introduced.add(sender)
         return self._state(addr, sender, True)
 
     def _push_pull(self, now: float) -> list[Outgoing]:
         self._introduced.clear()
-        partners = [m for m in self.view.records() if m.state is not State.LEFT]
+        partners = [m for m in self._view.records() if m.state is not State.LEFT]
         self._next_push_pull = now + self.settings.push_pull_interval
         if partners:
             partner = self._rng.choice(partners)
@@ -188,7 +190,7 @@ class Swim:
     def _state(self, addr: str, to: str | None, want_reply: bool) -> list[Outgoing]:
         """This member's full state for ``addr``, in as many messages as it takes; only the
         first asks for a reply, so the partner answers once."""
-        records = [m.news(with_meta=True) for m in (self.view.local, *self.view.records())]
+        records = [m.news(with_meta=True) for m in (self._view.local, *self._view.records())]
         room = self.settings.max_packet_size - wire.base_size(PushPull(self.node_id, True, ()))
         chunks: list[list[Update]] = [[]]
         used = 0
@@ -211,25 +213,25 @@ class Swim:
         for record in records:
             if record.state in (State.SUSPECT, State.DEAD):
                 record = replace(record, state=State.SUSPECT, accuser=sender)
-            self.view.apply(record, now)
+            self._view.apply(record, now)
 
     def _dress(self, out: list[Outgoing]) -> list[Outgoing]:
         """Piggyback on each message what its recipient must hear, then the gossip that
         fits."""
         settings = self.settings
-        limit = retransmit_limit(settings.retransmit_mult, self.view.size())
+        limit = retransmit_limit(settings.retransmit_mult, self._view.size())
         dressed = []
         for outgoing in out:
             room = settings.max_packet_size - wire.base_size(outgoing.message)
             updates = []
-            for update in self.view.told(outgoing.to):
+            for update in self._view.told(outgoing.to):
                 size = wire.update_size(update)
                 if size <= room:
                     updates.append(update)
                     room -= size
             skip = {update.node_id for update in updates}
             most = wire.MAX_UPDATES - len(updates)
-            updates += self.view.broadcasts.pick(room, most, limit, skip)
+            updates += self._view.broadcasts.pick(room, most, limit, skip)
             dressed.append(
                 replace(outgoing, message=replace(outgoing.message, updates=tuple(updates)))
             )

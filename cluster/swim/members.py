@@ -19,6 +19,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+MAX_INCARNATION = 2**32 - 1
+"""Incarnations are 32 bits on the wire. A member cannot refute past the last one: that
+takes four billion refutations, or a peer with the secret that lies."""
+
 
 class State(enum.IntEnum):
     """A member's state; the values are its rank at one incarnation (and its wire code)."""

@@ -10,8 +10,9 @@ direct or relayed, counts until the probe interval ends; without one the
 member is suspected.
 
 The second direct ping stands in for memberlist's TCP fallback, which SWIM
-over one UDP socket does not have: with 10 % loss it makes a failed probe
-five times rarer, for one packet per failing probe.
+over one UDP socket does not have: with 10 % loss on 3 members it made
+suspicions five times rarer in the simulator, for one packet per probe that
+goes indirect.
 
 Relays answer with a nack when the member they ping stays silent (Lifeguard):
 a prober that gets neither acks nor nacks probably has trouble of its own

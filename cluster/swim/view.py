@@ -4,13 +4,16 @@ Every update, whether piggybacked, from a full-state exchange or this
 member's own verdict, goes through ``MemberView.apply``: newer news replaces
 a record (``Member.superseded_by``), is gossiped on, and changes or ends a
 suspicion; news about this member itself is refuted by raising its
-incarnation. Beyond SWIM, two kinds of stale news are answered rather than
-ignored, so that a member that missed an update hears it from whoever it
-talks to instead of waiting for the next full-state exchange:
+incarnation. Beyond SWIM, news that is stale somewhere is pushed where it is
+needed rather than left to gossip, so that a wrongly suspected member
+refutes within a round trip, and a member that missed an update hears it
+from whoever it talks to instead of at the next full-state exchange:
 
 - a member said to be suspect, dead or left is told so by every message this
-  member sends it (``told``), so it can refute at once, and a member that
+  member sends it (``told``: Lifeguard's "buddy system"), and a member that
   left says so in every message after;
+- a member accused, rightly or by stale news, names its accusers
+  (``take_accusers``), and the core pings them at once with its record;
 - an accusation of an incarnation already refuted, or of a member that left,
   makes this member gossip the newer record again.
 """
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 
 from .broadcasts import BroadcastQueue
 from .health import LocalHealth
-from .members import Member, MemberMeta, MembershipEvent, State, Update
+from .members import MAX_INCARNATION, Member, MemberMeta, MembershipEvent, State, Update
 from .settings import SwimSettings
 from .suspicion import Suspicion
 
@@ -136,7 +139,8 @@ class MemberView:
         """This member leaves: ``left`` at a new incarnation, which outranks any suspicion
         or death of the one it had."""
         local = self.local
-        self.local = Member(local.node_id, local.incarnation + 1, State.LEFT, local.meta, now)
+        incarnation = min(local.incarnation + 1, MAX_INCARNATION)
+        self.local = Member(local.node_id, incarnation, State.LEFT, local.meta, now)
         self.broadcasts.add(self.local.news())
 
     def told(self, node_id: str | None) -> list[Update]:
@@ -165,8 +169,9 @@ class MemberView:
             return
         # Suspected, declared dead or left, or alive in another life (a previous run, other
         # addresses): speak up with an incarnation above the one said.
+        incarnation = min(update.incarnation + 1, MAX_INCARNATION)
         self.local = Member(
-            local.node_id, update.incarnation + 1, State.ALIVE, local.meta, local.state_changed_at
+            local.node_id, incarnation, State.ALIVE, local.meta, local.state_changed_at
         )
         self.broadcasts.add(self.local.news())
         self.health.adjust(1)

@@ -34,7 +34,8 @@ def confirm_death(seed: int) -> float:
 def test_a_killed_member_is_confirmed_dead_within_5s_median_and_10s_at_worst() -> None:
     times = sorted(confirm_death(seed) for seed in range(TRIALS))
     median = statistics.median(times)
-    # Measured: median 2.8 s, max 3.6 s (with 200 trials: p99 3.7 s, max 3.9 s).
+    print(f"death confirmed after {median:.2f} s (median), {times[-1]:.2f} s (max)")
+    # Measured: median 2.7 s, max 3.5 s (with 200 trials: median 2.8, p99 3.7, max 3.9 s).
     assert median <= 5.0, times
     assert times[-1] <= 10.0, times
     # Not faster than SWIM can be: one probe interval, then the shortest suspicion timeout.

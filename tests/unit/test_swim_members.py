@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from raftmq.cluster.swim import Ack, Member, MemberMeta, Ping, State, Swim, SwimSettings, Update
+from raftmq.cluster.swim.wire import encode
 
 ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
 
@@ -137,6 +138,14 @@ def test_a_member_refutes_an_earlier_life_of_its_own() -> None:
     assert record(swim, "me") == (ALIVE, 6)
     hear(swim, alive("me", 6))  # its own record, echoed: nothing to do
     assert record(swim, "me") == (ALIVE, 6)
+
+
+def test_the_last_incarnation_is_as_far_as_refutation_goes() -> None:
+    swim = member()
+    hear(swim, alive("n1", 0))
+    out = hear(swim, Update("me", SUSPECT, 2**32 - 1, accuser="n1"), sender="n1")
+    assert record(swim, "me") == (ALIVE, 2**32 - 1)
+    assert [len(encode(o.message)) > 0 for o in out] == [True]  # still encodable
 
 
 def test_a_stale_accusation_is_answered_with_the_newer_record() -> None:
