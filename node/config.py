@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from raftmq.node.config_checks import check_config
 from raftmq.node.config_reference import KEYS, config_reference_text
-from raftmq.node.config_schema import Config, check_config, default_config, parse_table
+from raftmq.node.config_schema import Config, default_config, parse_table
 from raftmq.node.config_types import (
     DEFAULT_LISTEN,
     NODE_ID_ALLOWED,

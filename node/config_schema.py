@@ -29,7 +29,6 @@ from raftmq.node.config_types import (
     ConfigError,
     ListenAddress,
     PeerAddress,
-    check_host_port,
     describe,
     parse_listen,
 )
@@ -38,6 +37,7 @@ CERT_USERNAME_SOURCES = ("off", "cn", "san")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 QUEUE_OVERFLOW_POLICIES = ("drop_new", "drop_oldest")
 DURABILITY_MODES = ("disk", "memory")
+FAILURE_DETECTION_MODES = ("swim", "off")
 MIN_CLUSTER_SECRET = 16  # what raftmq.cluster.raft also demands; checked here to fail early
 CLUSTER_TLS_KEYS = ("cluster_tls_ca", "cluster_tls_cert", "cluster_tls_key")
 """Mutual TLS between nodes: all three or none. The files are loaded when the cluster starts."""
@@ -217,6 +217,42 @@ class Config:
             help="Seconds a new route waits for each live peer to say it routes by it "
             "(a SUBACK waits for that, and so does a session letting go of its old node). "
             "A peer silent for longer is passed over, counted and logged.",
+            gt=0,
+        ),
+    )
+    failure_detection: str = field(
+        default="swim",
+        metadata=_rule(
+            help="How a cluster finds out that a node died: 'swim' (SWIM over UDP on the "
+            "raft_listen address, encrypted and authenticated with cluster_secret; the Raft "
+            "leader then declares a dead node down on its own) or 'off' (only "
+            "`raftmq cluster node-down` does).",
+            choices=FAILURE_DETECTION_MODES,
+        ),
+    )
+    swim_probe_interval: float = field(
+        default=0.5,
+        metadata=_rule(
+            help="Seconds between two SWIM probes of a node, each of one other node in turn. "
+            "With the defaults a killed node is confirmed dead in about 3 s and declared down "
+            "once its cluster_lease has surely run out.",
+            gt=0,
+        ),
+    )
+    swim_probe_timeout: float = field(
+        default=0.25,
+        metadata=_rule(
+            help="Seconds a SWIM probe waits for the direct answer before asking other "
+            "nodes to probe too; below swim_probe_interval.",
+            gt=0,
+        ),
+    )
+    swim_suspicion_mult: float = field(
+        default=4.0,
+        metadata=_rule(
+            help="A suspected node has at least swim_suspicion_mult x swim_probe_interval "
+            "seconds (x log10 of the node count, from 10 nodes on) to refute before it is "
+            "confirmed dead; three times that while nobody else confirms the suspicion.",
             gt=0,
         ),
     )
@@ -486,69 +522,3 @@ def parse_table(table: Mapping[str, object], origin: str) -> dict[str, object]:
             raise ConfigError(f"{origin}: unknown key {name!r} ({hint})")
         values[name] = _parse_value(name, raw, origin)
     return values
-
-
-def check_config(config: Config, origin: str) -> None:
-    """The checks that span several keys, run once every key has passed its own."""
-    _check_tls_keys(config, origin)
-    _check_cluster_keys(config, origin)
-
-
-def _check_tls_keys(config: Config, origin: str) -> None:
-    """Keys that only make sense together: caught here rather than at the first TLS client."""
-    tls = [address.url() for address in config.listen if address.is_tls]
-    if tls and (config.tls_cert is None or config.tls_key is None):
-        raise ConfigError(f"{origin}: listener {tls[0]} needs both 'tls_cert' and 'tls_key'")
-    if config.tls_require_client_cert and config.tls_ca is None:
-        raise ConfigError(
-            f"{origin}: key 'tls_require_client_cert' needs 'tls_ca', "
-            "the CA that signs the client certificates"
-        )
-    if config.tls_cert_as_username != "off" and not config.tls_require_client_cert:
-        raise ConfigError(
-            f"{origin}: key 'tls_cert_as_username' needs 'tls_require_client_cert = true'"
-        )
-
-
-def _check_cluster_keys(config: Config, origin: str) -> None:
-    """A node is either alone (no cluster keys) or fully described: half a cluster
-    config would otherwise surface as a node that silently runs alone."""
-    if config.cluster_secret is None:
-        cluster_only = ("raft_listen", "grpc_listen", *CLUSTER_TLS_KEYS)
-        given = [k for k in cluster_only if getattr(config, k) is not None]
-        if config.peers:
-            given.append("peers")
-        if given:
-            raise ConfigError(f"{origin}: key {given[0]!r} needs 'cluster_secret'")
-        return
-    tls_given = [k for k in CLUSTER_TLS_KEYS if getattr(config, k) is not None]
-    if tls_given and len(tls_given) < len(CLUSTER_TLS_KEYS):
-        missing = " and ".join(repr(k) for k in CLUSTER_TLS_KEYS if k not in tls_given)
-        raise ConfigError(f"{origin}: key {tls_given[0]!r} needs {missing} too")
-    if len(config.cluster_secret) < MIN_CLUSTER_SECRET:
-        raise ConfigError(
-            f"{origin}: key 'cluster_secret' must be at least {MIN_CLUSTER_SECRET} characters, "
-            f"got {len(config.cluster_secret)}"
-        )
-    for key in ("raft_listen", "grpc_listen"):
-        value = getattr(config, key)
-        if value is None:
-            raise ConfigError(f"{origin}: key 'cluster_secret' needs {key!r} (HOST:PORT)")
-        try:
-            check_host_port(value, "address")
-        except ValueError as exc:
-            raise ConfigError(f"{origin}: key {key!r}: {exc}") from None
-    if config.raft_listen == config.grpc_listen:
-        raise ConfigError(
-            f"{origin}: keys 'raft_listen' and 'grpc_listen' are both {config.raft_listen}"
-        )
-    for peer in config.peers:
-        if peer.node_id == config.node_id:
-            raise ConfigError(
-                f"{origin}: key 'peers': {peer.spec()!r} is this node ({config.node_id!r})"
-            )
-        for address in (peer.raft, peer.grpc):
-            if address in (config.raft_listen, config.grpc_listen):
-                raise ConfigError(
-                    f"{origin}: key 'peers': {peer.spec()!r} uses this node's address {address}"
-                )

@@ -63,6 +63,9 @@ class ForwardingSettings:
     reconnect_min: float = 0.05
     reconnect_max: float = 2.0
     unreachable_timeout: float = 10.0
+    hold_for_node_down: bool = False
+    """Never give up by time on a peer once reached: what waits for it is handed back
+    when the cluster declares it down (SWIM is on), not failed."""
     keepalive: float = 10.0
 
 

@@ -35,8 +35,11 @@ Unreachable peers. When a channel has had no stream for
 ``unreachable_timeout`` seconds, its link gives up: waiting QoS 1/2
 publishers get ``ClusterUnavailable`` (the node answers them "server
 unavailable"), and until a stream is back, QoS 0 sends to it are dropped
-(counted) and QoS 1/2 sends fail at once. Publishes are never acknowledged
-to a publisher unless delivered.
+(counted) and QoS 1/2 sends fail at once. With ``hold_for_node_down`` (SWIM
+on) only a peer never reached since start is given up on this way; one that
+was reached is waited for until the cluster declares it down, and what
+waited is then handed back (``declared_down``). Publishes are never
+acknowledged to a publisher unless delivered.
 """
 
 from __future__ import annotations
@@ -165,6 +168,9 @@ class PeerChannel:
         """Set to end the current inbound stream (replaced, or the forwarder stopping)."""
         self.dialer: asyncio.Task[None] | None = None
         self.connected = False
+        self.ever_connected = False
+        """Whether a stream to the peer was ever up: one never reached (a refused
+        certificate, a wrong address) is given up on by time even when holding."""
         self.closed = False
         self.give_up_timer: asyncio.TimerHandle | None = None
         self._arm_give_up()
@@ -193,12 +199,12 @@ class PeerChannel:
     # -- reachability -----------------------------------------------------------
 
     def _arm_give_up(self) -> None:
-        timeout = self.forwarder.settings.unreachable_timeout
-        if timeout <= 0:
+        settings = self.forwarder.settings
+        if settings.hold_for_node_down and self.ever_connected:
             return  # the cluster declares the peer down instead (``declared_down``)
         if self.give_up_timer is None and not self.link.unreachable and not self.closed:
             loop = asyncio.get_running_loop()
-            self.give_up_timer = loop.call_later(timeout, self._give_up)
+            self.give_up_timer = loop.call_later(settings.unreachable_timeout, self._give_up)
 
     def _give_up(self) -> None:
         self.give_up_timer = None
@@ -255,7 +261,7 @@ class PeerChannel:
         if inbox is None:
             raise StreamEnded(f"node {self.forwarder.node_id!r}: forwarding not started")
         self.link.stream_started(peer_incarnation)
-        self.connected = True
+        self.connected = self.ever_connected = True
         if self.give_up_timer is not None:
             self.give_up_timer.cancel()
             self.give_up_timer = None

@@ -71,7 +71,7 @@ from .convert import (
     stored_subscription,
     will_record,
 )
-from .deaths import MemberHealth
+from .deaths import DeathDeclarer, MemberHealth
 from .handovers import Handovers
 from .lease import LeaseKeeper
 from .peers import Peers, Service
@@ -116,6 +116,7 @@ class RaftCluster:
         plan_cache_size: int = DEFAULT_PLAN_CACHE_SIZE,
         lease: tuple[float, float] = (3.0, 1.0),
         barrier_timeout: float = BARRIER_TIMEOUT,
+        health: Callable[[], Mapping[str, MemberHealth]] | None = None,
     ) -> None:
         """``members``: the cluster's node ids, committed at start so that a dead
         node's persistent sessions can be re-homed among the live ones.
@@ -123,7 +124,9 @@ class RaftCluster:
         before Raft, so that what Raft commits at startup can be served at once;
         they stop, in reverse, after Raft. ``lease``: (cluster_lease,
         cluster_lease_margin), see ``lease.py``; ``barrier_timeout``: how long a route
-        barrier waits for a peer (``route_barrier_timeout``)."""
+        barrier waits for a peer (``route_barrier_timeout``). ``health``: each member as
+        this node's SWIM sees it (``membership.py``); with it, dead members are
+        declared down without an operator (``deaths.py``)."""
         self.node_id = raft.node_id
         self.raft = raft
         self.peers = peers
@@ -146,9 +149,12 @@ class RaftCluster:
         self.releases = SessionReleases(raft, self.barriers, peers, self._live_peers, route_wait)
         self.rehoming = PendingRehoming(self.node_id, peers)
         self.delayed_wills = DelayedWills(raft)
-        self.health: Callable[[], Mapping[str, MemberHealth]] = dict
-        """Each member as this node's SWIM sees it (``membership.py`` sets it; empty
-        without SWIM)."""
+        self.health: Callable[[], Mapping[str, MemberHealth]] = health or dict
+        """Each member as this node's SWIM sees it (empty without SWIM)."""
+        self.deaths: DeathDeclarer | None = None
+        if health is not None:
+            wait = self.lease.state.takeover_wait
+            self.deaths = DeathDeclarer(raft, health, wait, self.node_down)
         raft.add_listener(self._on_applied)
         raft.add_restore_listener(self._on_restored)
 
@@ -171,6 +177,8 @@ class RaftCluster:
         self._tasks.run(self._reconcile_when_caught_up())
         self._tasks.run(self.lease.run(self._lease_lost))
         self._tasks.run(self.delayed_wills.run())
+        if self.deaths is not None:
+            self._tasks.run(self.deaths.run())
 
     async def stop(self) -> None:
         await self._tasks.cancel()

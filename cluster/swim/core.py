@@ -31,6 +31,7 @@ from dataclasses import replace
 
 from . import wire
 from .broadcasts import retransmit_limit
+from .errors import BadPacket
 from .health import LocalHealth
 from .members import Member, MemberMeta, MembershipEvent, State, Update
 from .messages import Ack, Message, Nack, Outgoing, Ping, PingReq, PushPull
@@ -57,7 +58,12 @@ class Swim:
         """``meta``: this member; ``now``: the driver's clock when it starts.
         ``incarnation``: a member that kept its last one may start above it, but need
         not: it refutes its previous life when it hears of it."""
-        own_size = wire.update_size(Update(meta.node_id, State.ALIVE, incarnation, meta))
+        own = Update(meta.node_id, State.ALIVE, incarnation, meta)
+        try:  # what the others would drop as malformed, refused here, by name
+            wire.decode(wire.encode(Ping(0, meta.node_id, meta.node_id, (own,))))
+        except BadPacket as exc:
+            raise ValueError(f"member {meta.node_id!r}: its record is not valid: {exc}") from None
+        own_size = wire.update_size(own)
         if own_size > settings.max_packet_size // 4:
             raise ValueError(
                 f"member {meta.node_id!r}: its node id and addresses take {own_size} bytes on "

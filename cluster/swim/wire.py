@@ -157,10 +157,10 @@ class _Reader:
             raise self.fail(f"{field} is empty")
         return value
 
-    def address(self, field: str) -> str:
+    def address(self, field: str, lowest_port: int = 1) -> str:
         value = self.text(field)
         host, colon, port = value.rpartition(":")
-        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        if not (colon and host and port.isdigit() and lowest_port <= int(port) < 65536):
             raise self.fail(f"{field} {value!r} is not host:port")
         return value
 
@@ -172,7 +172,10 @@ class _Reader:
         node_id = self.text("an update's node id")
         meta = None
         if flags & _HAS_META:
-            meta = MemberMeta(node_id, *(self.address(name) for name in _ADDRESSES))
+            # Port 0 in mqtt_addr: a node whose MQTT port is picked at bind time, after
+            # it joined, announces none.
+            addresses = (self.address(name, int(name != "mqtt_addr")) for name in _ADDRESSES)
+            meta = MemberMeta(node_id, *addresses)
         elif state is State.ALIVE:
             raise self.fail(f"alive update of {node_id!r} without its meta")
         accuser = self.text("an update's accuser") if flags & _HAS_ACCUSER else None

@@ -22,6 +22,7 @@ from clusterkit import (
     NodeClients,
     published_once_routed,
     resumed_deliveries,
+    start_cluster,
     subscribed,
     wait_for_route,
 )
@@ -48,6 +49,14 @@ SETTLE_TIMEOUT = 40.0
 2-core machine."""
 
 Status = dict[str, Any]
+
+
+@pytest.fixture
+def cluster(broker_factory: Callable[..., RunningBroker]) -> Cluster:
+    """Three nodes with failure detection off: these tests are about what an operator does
+    by hand (with SWIM on, the leader declares a killed node down itself:
+    test_node_loss.py)."""
+    return start_cluster(broker_factory, failure_detection="off")
 
 
 def config_of(node: RunningBroker) -> str:

@@ -695,6 +695,36 @@ async def test_an_unreachable_peer_fails_waiting_publishers_and_recovers(cluster
     assert cluster.recorders["node2"].payloads() == [b"m1", b"m4"]
 
 
+async def test_holding_waits_for_a_lost_peer_until_it_is_declared_down(cluster: Cluster) -> None:
+    """SWIM on: a publish for a peer that was reached and went silent is held, not failed,
+    and handed back when the cluster declares the peer down; a peer never reached (a
+    refused certificate) is still given up on by time."""
+    settings = ForwardingSettings(
+        reconnect_min=0.02, reconnect_max=0.1, unreachable_timeout=0.3, hold_for_node_down=True
+    )
+    b = await cluster.node("node2", settings=settings)
+    proxy = await cluster.proxy(b)
+    a = await cluster.node("node1", settings=settings)
+    cluster.link(a, b, via=proxy)
+    a.add_peer("node3", "127.0.0.1:1")  # never reachable
+    await asyncio.wait_for(a.send(["node2"], msg("m1")), 10)  # type: ignore[arg-type]
+    proxy.refusing = True
+    proxy.cut()
+    held = a.send(["node2"], msg("m2"))
+    never = a.send(["node3"], msg("to nowhere"))
+    with pytest.raises(ClusterUnavailable, match="node3"):
+        await asyncio.wait_for(never, 10)  # type: ignore[arg-type]
+    await asyncio.sleep(0.6)  # twice unreachable_timeout
+    assert held is not None and not held.done(), "held, not failed"
+    assert not a.status()["node2"].unreachable
+    [(item, waiter)] = a.declared_down("node2")
+    assert isinstance(item, Forwarded) and item.message.payload == b"m2"
+    assert waiter is not None and not held.done()
+    waiter.hit()  # as rehoming.py does once it is re-homed
+    await asyncio.wait_for(held, 1)  # type: ignore[arg-type]
+    assert a.status()["node2"].unreachable, "until a stream is back"
+
+
 # -- broken peers --------------------------------------------------------------------------
 
 

@@ -303,3 +303,13 @@ def test_settings_are_checked() -> None:
         SwimSettings(probe_timeout=0.5)
     with pytest.raises(ValueError, match="indirect_checks"):
         SwimSettings(indirect_checks=-1)
+
+
+def test_a_member_whose_record_others_would_drop_is_refused_at_once() -> None:
+    """Found wiring SWIM into the node: an MQTT listener on port 0 made every record of
+    the node malformed for the others, who silently never learned it."""
+    picked_later = MemberMeta("m", "127.0.0.1:7001", "127.0.0.1:7001", "127.0.0.1:7002", "h:0")
+    assert Swim(picked_later, SETTINGS, random.Random(1), now=0.0).meta == picked_later
+    no_port = MemberMeta("m", "127.0.0.1", "127.0.0.1:7001", "127.0.0.1:7002", "h:1883")
+    with pytest.raises(ValueError, match=r"member 'm': its record is not valid.*swim_addr"):
+        Swim(no_port, SETTINGS, random.Random(1), now=0.0)
