@@ -289,13 +289,15 @@ class ReliableLink:
         self.unacked.clear()
         self.outstanding = 0
 
-    def declared_down(self) -> list[tuple[Item, Waiter | None]]:
+    def declared_down(self, streaming: bool) -> list[tuple[Item, Waiter | None]]:
         """The cluster declared the peer dead: everything held for it, oldest first, with
         its waiters, for the cluster to send where the peer's sessions went (nothing is
-        failed or counted as dropped here). Offers fail until a stream is back."""
+        failed or counted as dropped here). Unless a stream is up (``streaming``: the
+        peer came back before the declaration took effect, and rejoins), offers fail
+        until one is."""
         held = [entry for sent in self.unacked for entry in sent.batch]
         held.extend(self.pending)
-        self.unreachable = True
+        self.unreachable = not streaming
         self.pending.clear()
         self.unacked.clear()
         self.outstanding = 0

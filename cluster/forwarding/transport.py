@@ -50,7 +50,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -81,6 +81,7 @@ from .handshake import (
     check_identity,
     hello_metadata,
 )
+from .inbox import PeerInbox
 from .link import ForwardingSettings, ReliableLink, Waiter
 from .peer_status import PeerStatus
 
@@ -98,37 +99,6 @@ class StreamEnded(Exception):
 
 class UnknownPeer(ValueError):
     """A send named a node this forwarder has no link to (see ``add_peer``)."""
-
-
-class PeerInbox(Protocol):
-    """Where what peers send goes (``RaftCluster``). Called on the event loop.
-
-    Synchronous on purpose: a frame is acknowledged once these have returned
-    for each of its items, and a stream can break only between frames, never
-    half way through one. An exception is logged and the item counted as
-    handled, so one bad item cannot wedge the stream.
-    """
-
-    def publish_from_peer(
-        self, origin: str, message: Message, shared_groups: tuple[RouteKey, ...]
-    ) -> None:
-        """Deliver to local subscribers only (and to ``shared_groups`` here)."""
-
-    def kick_from_peer(self, origin: str, client_id: str, epoch: int) -> None: ...
-
-    def handover_from_peer(self, origin: str, handover: Handover) -> None: ...
-
-    def barrier_from_peer(self, origin: str, token: int, applied: int) -> None:
-        """Reply (``Forwarder.reply_barrier``) once ``applied`` commands are applied here."""
-
-    def barrier_reply_from_peer(self, origin: str, token: int) -> None: ...
-
-    def applied_count(self) -> int:
-        """This node's ``ClusterState.applied``: what frames it sends say they follow."""
-
-    def catch_up(self, applied: int) -> Awaitable[None]:
-        """Done once this node has applied ``applied`` commands, or after a bounded wait:
-        a frame is handled only then (``Frame.applied``)."""
 
 
 class _Countdown:
@@ -215,7 +185,7 @@ class PeerChannel:
         if self.give_up_timer is not None:
             self.give_up_timer.cancel()
             self.give_up_timer = None
-        held = self.link.declared_down()
+        held = self.link.declared_down(self.connected)
         self._check_room()
         return held
 

@@ -9,7 +9,10 @@ old one had not declared yet. It declares a Raft member down when:
 - its lease has surely run out (``lease.py``): ``takeover_wait`` seconds have
   passed since it was last seen alive. A node cut off from the majority stops
   serving its clients within that time, so re-homing its sessions and
-  publishing its clients' wills never leaves one client id live on two nodes.
+  publishing its clients' wills never leaves one client id live on two nodes;
+- and the leader's Raft does not hear it either (SWIM learns that a node is
+  back only at its next full-state exchange after a partition heals; Raft
+  reconnects at once, and a node Raft hears may hold its lease).
 
 A member that has left gracefully is never declared dead, and one already
 down is not declared again (``NodeDown`` is idempotent per SWIM incarnation
@@ -28,6 +31,7 @@ from typing import Protocol
 from raftmq.node.background import Background
 from raftmq.node.hooks import ClusterUnavailable
 
+from .raft_types import RaftStatus
 from .state import ClusterState
 
 log = logging.getLogger("raftmq.cluster")
@@ -55,6 +59,8 @@ class Leadership(Protocol):
 
     @property
     def state(self) -> ClusterState: ...
+
+    def status(self) -> RaftStatus: ...
 
 
 Declare = Callable[[str, float, int], Awaitable[object]]
@@ -93,13 +99,22 @@ class DeathDeclarer:
     def check(self, now: float, wall: float) -> None:
         """Declare every member that is due (``now``: monotonic, ``wall``: time.time())."""
         state = self.raft.state
+        raft_links: dict[str, bool] | None = None
         for node_id, member in self.health().items():
             if member.state != "dead" or node_id in self._declaring:
                 continue
             if node_id not in state.members or node_id in state.down:
                 continue
+            if member.incarnation <= state.down_incarnations.get(node_id, -1):
+                continue  # declared at this incarnation before, and it came back since
             if now - member.last_alive < self.takeover_wait:
                 continue  # its lease may not have run out yet
+            if raft_links is None:
+                raft_links = self.raft.status().peers
+            if raft_links.get(node_id):
+                # Raft hears it: it has its lease (SWIM has not seen it back yet, say
+                # right after a partition heals), so it must not be declared.
+                continue
             last_seen = wall - (now - member.last_alive)
             self._declaring.add(node_id)
             self._tasks.run(self._declare(node_id, last_seen, member.incarnation))

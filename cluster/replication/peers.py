@@ -17,7 +17,7 @@ from ..forwarding.link import Waiter
 from .barriers import BarrierLinks
 
 if TYPE_CHECKING:
-    from ..forwarding.transport import PeerInbox
+    from ..forwarding.inbox import PeerInbox
 
 
 class Peers(BarrierLinks, Protocol):

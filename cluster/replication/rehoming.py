@@ -7,8 +7,10 @@ second case the link hands back everything it held for the dead node
 (``ReliableLink.declared_down``) and ``PendingRehoming`` finishes it:
 
 - a publish goes, as a late hand-over, to each of the dead node's persistent
-  sessions it matches, at the node that adopted it (``NodeDownResult.rehomed``);
-  the dead node's clean sessions ended with it, so for them it is done;
+  sessions it matches, at the node that holds it now: the node that adopted it
+  (``NodeDownResult.rehomed``), or the one whose CONNECT claimed it from the
+  dead node while that node was out of reach; the dead node's clean sessions
+  ended with it, so for them it is done;
 - a hand-over that was moving a session to the dead node goes on to that
   session's owner now, late;
 - kicks and barriers for the dead node are done: it is declared dead, so its
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Mapping, Sequence
 
 from raftmq.node.hooks import ClusterUnavailable, NodeEvents, SessionMessages
@@ -33,8 +36,13 @@ from ..forwarding.frames import Forwarded, Handover, Item
 from ..forwarding.link import Waiter
 from .commands import Owner, SessionRecord, StoredSubscription
 from .releases import HandoverLinks
+from .state import ClusterState
 
 log = logging.getLogger("raftmq.cluster")
+
+MOVE_MEMORY = 120.0
+"""Seconds a claim's previous owner is remembered: longer than a node takes to be
+declared down after it was last seen (lease, suspicion, margin)."""
 
 
 class PendingRehoming:
@@ -43,10 +51,34 @@ class PendingRehoming:
     def __init__(self, node_id: str, links: HandoverLinks) -> None:
         self.node_id = node_id
         self.links = links
+        self._moved: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        """Client id -> (node it was claimed from, when): recent moves, newest last."""
         self.rehomed_messages = 0
         """Messages that reached a dead node's sessions at their new homes this way."""
         self.failed = 0
         """Publishes whose re-homing failed: their publishers were answered "unavailable"."""
+
+    def moved(self, client_id: str, previous: str) -> None:
+        """A claim took ``client_id`` from ``previous`` (every node applies it alike)."""
+        now = time.monotonic()
+        moved = self._moved
+        moved[client_id] = (previous, now)
+        moved.move_to_end(client_id)
+        while moved and now - next(iter(moved.values()))[1] > MOVE_MEMORY:
+            moved.popitem(last=False)
+
+    def sessions_of(
+        self, dead: str, rehomed: Sequence[tuple[str, Owner]], state: ClusterState
+    ) -> dict[str, tuple[Owner, SessionRecord]]:
+        """The persistent sessions what waited for ``dead`` was meant for, with their
+        owner now: those ``NodeDown`` re-homed, and those claimed from ``dead`` while it
+        was out of reach (it never let go of them, so its hand-over never came)."""
+        sessions = {cid: (owner, state.sessions[cid]) for cid, owner in rehomed}
+        for client_id, (previous, _) in self._moved.items():
+            owner, record = state.owners.get(client_id), state.sessions.get(client_id)
+            if previous == dead and owner is not None and record is not None:
+                sessions.setdefault(client_id, (owner, record))
+        return sessions
 
     async def finish(
         self,
@@ -58,8 +90,9 @@ class PendingRehoming:
     ) -> None:
         """Send ``held`` (what the link to ``dead`` held) on; answer its waiters once done.
 
-        ``rehomed``: client id -> (new owner, session record) of ``dead``'s persistent
-        sessions; ``owners``: the current owners, for hand-overs moving to ``dead``.
+        ``rehomed``: client id -> (owner now, session record) of the sessions it was
+        meant for (``sessions_of``); ``owners``: the current owners, for hand-overs
+        moving to ``dead``.
         """
         index = _subscription_index(rehomed)
         per_client: dict[str, list[Delivery]] = defaultdict(list)

@@ -421,6 +421,8 @@ class RaftCluster:
         if not isinstance(result, ClaimResult):
             return
         client_id = command.client_id
+        if result.previous_owner not in (None, command.node_id):
+            self.rehoming.moved(client_id, result.previous_owner)
         if command.node_id != self.node_id:
             self._claims.pop(client_id, None)
             if self.raft.caught_up:
@@ -489,8 +491,8 @@ class RaftCluster:
             held = self.peers.declared_down(command.node_id)
             if held:
                 state = self.state
-                rehomed = {c: (o, state.sessions[c]) for c, o in result.rehomed}
-                finish = self.rehoming.finish(node, command.node_id, held, rehomed, state.owners)
+                meant = self.rehoming.sessions_of(command.node_id, result.rehomed, state)
+                finish = self.rehoming.finish(node, command.node_id, held, meant, state.owners)
                 self._tasks.run(finish)
         if applied.mine and node is not None:
             for _, will in result.wills:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from raftmq.cluster.replication.commands import NodeDown, SetMembers
+from raftmq.cluster.replication.commands import NodeDown, NodeUp, SetMembers
 from raftmq.cluster.replication.deaths import DeathDeclarer, MemberHealth
+from raftmq.cluster.replication.raft_types import RaftStatus
 from raftmq.cluster.replication.state import ClusterState
 from raftmq.node.hooks import ClusterUnavailable
 
@@ -18,6 +19,10 @@ WAIT = 7.5
 class Leader:
     leading: bool = True
     state: ClusterState = field(default_factory=ClusterState)
+    raft_links: dict[str, bool] = field(default_factory=dict)
+
+    def status(self) -> RaftStatus:
+        return RaftStatus("n1", "leader", "n1", 1, 0, 0, True, self.raft_links)
 
 
 class Declarations:
@@ -90,3 +95,27 @@ async def test_a_follower_declares_nothing() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert [node for node, _, _ in made.made] == ["n3"]
+
+
+async def test_a_node_raft_hears_or_that_came_back_is_not_declared_again() -> None:
+    """Found by the fault campaign: right after a partition healed, SWIM still held a
+    node dead that Raft already heard (and that held its lease); and once it rejoined,
+    the leader declared it again at the same incarnation, four times a second."""
+    view = {"n3": MemberHealth("dead", 2, last_alive=0.0)}
+    deaths, raft, made = declarer(view)
+    raft.raft_links = {"n3": True, "n2": True}
+    deaths.check(now=100.0, wall=100.0)
+    await settle()
+    assert made.made == [], "Raft hears it"
+    raft.raft_links = {"n3": False, "n2": True}
+    deaths.check(now=100.0, wall=100.0)
+    await settle()
+    assert made.made == [("n3", 0.0, 2)]
+    raft.state.apply(NodeUp("n3"))  # it rejoined; SWIM has not seen it back yet
+    deaths.check(now=101.0, wall=101.0)
+    await settle()
+    assert len(made.made) == 1, "not again at incarnation 2"
+    view["n3"] = MemberHealth("dead", 3, last_alive=90.0)
+    deaths.check(now=102.0, wall=102.0)
+    await settle()
+    assert len(made.made) == 2, "a later death is declared"

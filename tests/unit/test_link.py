@@ -206,7 +206,7 @@ def test_a_peer_declared_down_hands_back_everything_it_held_with_its_waiters() -
     one.next_frame()
     one.offer(item("queued"), waiters[1])
     one.offer(item("queued too"), waiters[2])
-    held = one.declared_down()
+    held = one.declared_down(streaming=False)
     assert [(i.message.payload, w) for i, w in held] == [  # type: ignore[union-attr]
         (b"in flight", waiters[0]),
         (b"no waiter", None),
@@ -218,6 +218,17 @@ def test_a_peer_declared_down_hands_back_everything_it_held_with_its_waiters() -
     late = Waiter()
     one.offer(item("later"), late)
     assert isinstance(late.failures[0], ClusterUnavailable), "offers fail until a stream"
+
+
+def test_a_peer_declared_down_with_its_stream_up_stays_reachable() -> None:
+    """Found by the fault campaign: a node whose partition healed just before the
+    declaration took effect kept its stream; marking the link unreachable failed every
+    later send to it (hand-overs, publishes) although it had rejoined."""
+    one = link()
+    one.offer(item("held"), Waiter())
+    assert len(one.declared_down(streaming=True)) == 1
+    assert not one.unreachable
+    assert one.offer(item("after"), None) is False and len(one.pending) == 1
 
 
 def test_an_item_that_cannot_be_encoded_fails_its_sender_only() -> None:

@@ -492,6 +492,31 @@ async def test_what_waited_for_a_node_declared_down_goes_where_its_sessions_went
     assert sum(h.rehoming.rehomed_messages for h in cluster.hooks.values()) == 2
 
 
+async def test_what_waited_for_a_dead_node_reaches_a_session_claimed_from_it_meanwhile(
+    cluster: Cluster,
+) -> None:
+    """Found by the fault campaign: a client whose node was cut off reconnected elsewhere
+    before that node was declared down, so NodeDown re-homed nothing; what had waited
+    for the cut-off node matched no re-homed session and was answered, never delivered."""
+    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
+    first = await n3.claim_client("q", clean_start=False, expiry_interval=600)
+    await n3.save_subscriptions("q", first.epoch, {"s/#": Subscription("s/#", 1)})
+    await n1.claim_client("q", clean_start=False, expiry_interval=600)  # n3 out of reach
+    answer = Answer()
+    message = Message.create("s/1", b"waited for n3", 1, False)
+    cluster.forwarder.held["n3"] = [(Forwarded(message), answer)]
+
+    result = await n1.node_down("n3")
+
+    assert result.rehomed == ()
+    late = cluster.nodes["n1"].late
+    await eventually(lambda: late, 5, "handed to the session's owner now")
+    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [
+        ("q", [b"waited for n3"])
+    ]
+    await eventually(lambda: answer.hits, 5, "answered")
+
+
 async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: Path) -> None:
     cluster = await started(tmp_path, dataclasses.replace(FAST, commit_timeout=1.0))
     try:
