@@ -27,6 +27,9 @@ log = logging.getLogger("raftmq.cluster")
 
 HANDOVER_TIMEOUT = 3.0
 """How long a CONNECT that resumes a session from another node waits for its messages."""
+PARK_TIMEOUT = 30.0
+"""How long a late hand-over waits for the CONNECT of a claim made here to take its
+session (the claim may wait out the old holder's lease first)."""
 
 
 class Handovers:
@@ -40,6 +43,8 @@ class Handovers:
         """Called with (sender, hand-over) for one no CONNECT waits for."""
         self.dropped = 0
         """Messages of hand-overs dropped because their client id had moved on."""
+        self._parked: dict[str, list[tuple[str, Handover]]] = {}
+        """Client id -> late hand-overs waiting for its CONNECT here (``park``)."""
         self._pending: dict[tuple[str, int], asyncio.Future[tuple[str, Handover]]] = {}
         """(client id, epoch) -> (sender, hand-over) of a claim made here, expected or
         waited for."""
@@ -90,6 +95,29 @@ class Handovers:
             self.late(origin, handover)
         else:
             future.set_result((origin, handover))
+
+    def park(self, origin: str, handover: Handover) -> None:
+        """A late hand-over for a session this node owns but whose CONNECT has not taken
+        it yet (it waits for the previous holder to let go): kept for ``unpark``, and
+        dropped (counted, logged) if no CONNECT takes it within ``PARK_TIMEOUT``."""
+        parked = self._parked.setdefault(handover.client_id, [])
+        parked.append((origin, handover))
+        loop = asyncio.get_running_loop()
+        loop.call_later(PARK_TIMEOUT, self._expire, handover.client_id, handover)
+
+    def unpark(self, client_id: str) -> list[tuple[str, Handover]]:
+        """The late hand-overs parked for ``client_id``, whose CONNECT now holds it."""
+        return self._parked.pop(client_id, [])
+
+    def _expire(self, client_id: str, handover: Handover) -> None:
+        parked = self._parked.get(client_id, [])
+        for entry in parked:
+            if entry[1] is handover:
+                parked.remove(entry)
+                self.drop(entry[0], handover, f"no CONNECT took the session in {PARK_TIMEOUT:g} s")
+                break
+        if not parked:
+            self._parked.pop(client_id, None)
 
     def drop(self, origin: str, handover: Handover, why: str) -> None:
         """A hand-over nobody can take: its messages are counted and logged, never silent."""

@@ -265,13 +265,20 @@ class RaftCluster:
         return session_transfer(record)
 
     async def handed_over(self, client_id: str, claim: Claim) -> SessionMessages | None:
-        previous = claim.previous_owner
-        if claim.session is None or previous is None or previous == self.node_id:
-            return None
-        handover = await self.handovers.wait(previous, client_id, claim.epoch)
-        if handover is None:
-            return None
-        return handover.messages
+        try:
+            previous = claim.previous_owner
+            if claim.session is None or previous is None or previous == self.node_id:
+                return None
+            handover = await self.handovers.wait(previous, client_id, claim.epoch)
+            return None if handover is None else handover.messages
+        finally:
+            # Late hand-overs that came while this CONNECT waited follow the one it
+            # waited for, which its caller merges as soon as this returns.
+            asyncio.get_running_loop().call_soon(self._unpark, client_id)
+
+    def _unpark(self, client_id: str) -> None:
+        for origin, handover in self.handovers.unpark(client_id):
+            self._late_handover(origin, handover)
 
     # -- PeerInbox: what peers send ------------------------------------------------
 
@@ -303,9 +310,10 @@ class RaftCluster:
         owner = self.state.owners.get(client_id)
         if node is not None and owner is not None and client_id in self.state.sessions:
             if owner.node_id == self.node_id:
-                # Ours now, whether or not its CONNECT has finished: to the session here.
-                if node.take_late_handover(client_id, handover.messages):
-                    return
+                # Ours now: to the session here, or once our CONNECT has taken it.
+                if not node.take_late_handover(client_id, handover.messages):
+                    self.handovers.park(origin, handover)
+                return
             elif owner.epoch > handover.epoch and owner.node_id not in self.state.down:
                 onward = Handover(client_id, owner.epoch, handover.messages, late=True)
                 self._tasks.run(self.peers.hand_over(owner.node_id, onward))

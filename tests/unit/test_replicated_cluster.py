@@ -58,6 +58,7 @@ class RecordingNode:
         self.retained_calls: list[tuple[str, Message | None]] = []
         self.adopted: list[tuple[str, int, SessionTransfer]] = []
         self.late: list[tuple[str, SessionMessages]] = []
+        self.not_yet_taken: set[str] = set()
         self.hooks: RaftCluster | None = None
 
     def kick_client(self, client_id: str, epoch: int) -> None:
@@ -90,6 +91,8 @@ class RecordingNode:
         return self.sessions.pop(client_id, None) if final else SessionMessages()
 
     def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
+        if client_id in self.not_yet_taken:
+            return False  # its CONNECT has not taken the session here yet
         self.late.append((client_id, messages))
         return True
 
@@ -588,6 +591,30 @@ async def test_a_restarted_node_settles_replayed_claims_by_the_state_of_now(
     await eventually(lambda: late, 5, "added to the session as late")
     assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [
         ("moved", [b"kept on disk"])
+    ]
+
+
+async def test_a_late_hand_over_waits_for_the_connect_that_takes_its_session(
+    cluster: Cluster,
+) -> None:
+    """Found by the fault campaign: a late hand-over reached the claimer while its CONNECT
+    still waited for the old holder's lease, before it had taken the session, and was
+    dropped ("no node holds the session now")."""
+    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
+    await n3.claim_client("pk", clean_start=False, expiry_interval=600)
+    claim = await n1.claim_client("pk", clean_start=False, expiry_interval=600)
+    node = cluster.nodes["n1"]
+    node.not_yet_taken.add("pk")
+    queued = Delivery(Message.create("pk/t", b"came early", 1, False), 1, False)
+    n1.handover_from_peer("n2", Handover("pk", claim.epoch, SessionMessages([queued]), late=True))
+    await asyncio.sleep(0.05)
+    assert node.late == [] and n1.handovers.dropped == 0, "kept, not dropped"
+    node.not_yet_taken.clear()  # the CONNECT takes the session, then waits for n3's
+    n1.handovers.timeout = 0.2
+    await n1.handed_over("pk", claim)
+    await eventually(lambda: node.late, 5, "added once the CONNECT had the session")
+    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in node.late] == [
+        ("pk", [b"came early"])
     ]
 
 
