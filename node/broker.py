@@ -147,7 +147,9 @@ class Broker:
         """Close listeners, tell v5 clients the server is shutting down (0x8B), then stop.
 
         A shutdown is not a client failure, so wills are not published and
-        persistent sessions are kept, not ended. Sockets that linger after
+        persistent sessions are kept, not ended: on the nodes that stay, when
+        this one is part of a cluster (``ClusterHooks.leave``), else here for
+        the restart. Sockets that linger after
         that DISCONNECT get their close_linger before stop returns: exiting
         with them open would reset them under clients still sending.
         """
@@ -161,6 +163,7 @@ class Broker:
         for client in list(self.clients):
             client.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
         client_log.WARNINGS.flush()  # what was suppressed is reported before the node goes
+        await self.hooks.leave()
         self._background.cancel_all()
         self.sessions.keep_for_restart()
         self.store.close()

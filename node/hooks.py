@@ -145,6 +145,11 @@ class ClusterHooks(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def leave(self) -> None:
+        """A graceful stop, once the node's clients are disconnected: its persistent
+        sessions, with what they hold, go to nodes that stay (a cluster of one keeps
+        them for its restart)."""
+
     async def claim_client(
         self,
         client_id: str,
@@ -220,6 +225,9 @@ class LocalCluster:
         return None
 
     async def stop(self) -> None:
+        return None
+
+    async def leave(self) -> None:
         return None
 
     async def claim_client(

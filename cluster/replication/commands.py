@@ -120,10 +120,13 @@ class NodeDown(_Compact):
     last_seen: float = 0.0
     declared_at: float = 0.0
     incarnation: int = 0
+    leaving: bool = False
+    """The node itself says it goes (a graceful stop): its sessions move, no will goes
+    out, and it is up again when it comes back."""
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         """Without the SWIM fields, pickled as before they existed: logs keep one form."""
-        if not (self.last_seen or self.declared_at or self.incarnation):
+        if not (self.last_seen or self.declared_at or self.incarnation or self.leaving):
             return (NodeDown, (self.node_id,))
         return _Compact.__reduce__(self)
 

@@ -74,6 +74,7 @@ from .convert import (
 from .deaths import DeathDeclarer, MemberHealth
 from .handovers import Handovers
 from .lease import LeaseKeeper
+from .leaving import leave
 from .peers import Peers, Service
 from .plans import DEFAULT_PLAN_CACHE_SIZE, ForwardingPlans
 from .raft import Applied, RaftNode, RaftStatus
@@ -394,6 +395,11 @@ class RaftCluster:
         assert isinstance(result, NodeDownResult)
         return result
 
+    async def leave(self) -> None:
+        """``ClusterHooks.leave``: see ``leaving.py``."""
+        if self._node is not None:
+            await leave(self.raft, self.releases, self._node, self.lease.serving)
+
     def status(self) -> ClusterStatus:
         state = self.state
         return ClusterStatus(
@@ -481,7 +487,7 @@ class RaftCluster:
             self._replayed.update(result.released, (cid for cid, _ in result.rehomed))
             return
         node = self._node
-        if command.node_id == self.node_id and node is not None:
+        if command.node_id == self.node_id and node is not None and not command.leaving:
             # Declared dead while alive (cut off, paused): our clients belong elsewhere
             # now, what we still hold of their sessions goes after them, and we rejoin.
             for client_id in (*result.released, *(cid for cid, _ in result.rehomed)):

@@ -247,7 +247,7 @@ class ClusterState:
         for client_id in sorted(cid for cid, owner in self.owners.items() if owner.node_id == dead):
             session = self.sessions.get(client_id)
             will = self.wills.pop(client_id, None)
-            if will is not None:
+            if will is not None and not cmd.leaving:  # a graceful stop is no client failure
                 due = cmd.last_seen + _will_delay(will, session)
                 if cmd.declared_at and due > cmd.declared_at:  # no times given: due now
                     self.delayed_wills[client_id] = (will, due)

@@ -6,6 +6,7 @@ has surely run out, and then: the publisher was never disconnected (its PUBACKs
 were only held back), the persistent session of the dead node resumes on a
 survivor with every message acknowledged after the death, and the dead node's
 client's will arrives once, after its delay. The same with the leader killed.
+A graceful stop (SIGTERM) instead moves its sessions before it goes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from clusterkit import IDS, Cluster, NodeClients, received, start_cluster, subscribed
-from rawmqtt import PUBACK, PUBLISH, SESSION_EXPIRY_INTERVAL, RawClient, Will, ack, publish
+from clusterkit import (
+    IDS,
+    Cluster,
+    NodeClients,
+    published_once_routed,
+    received,
+    start_cluster,
+    subscribed,
+)
+from rawmqtt import (
+    DISCONNECT,
+    PUBACK,
+    PUBLISH,
+    SESSION_EXPIRY_INTERVAL,
+    RawClient,
+    Will,
+    ack,
+    disconnect,
+    publish,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +55,7 @@ WILL_DELAY = 12
 """Seconds: longer than detection plus the lease wait, so the leader fires it later."""
 DETECTION_BOUND = 10.0
 """Issue 12: a kill -9 is confirmed dead within 10 s (p99)."""
+SERVER_SHUTTING_DOWN = 0x8B
 PERSISTENT: dict[str, Any] = {"clean": False, "properties": [(SESSION_EXPIRY_INTERVAL, 600)]}
 
 
@@ -178,3 +198,41 @@ def test_kill_9_of_the_leader_too(
         report = status(cluster["n1"])
         time.sleep(0.2)
     lose_a_node(cluster, node_clients, report["leader"])
+
+
+def test_a_graceful_stop_moves_its_sessions_and_publishers_see_nothing(
+    broker_factory: Callable[..., RunningBroker], node_clients: NodeClients
+) -> None:
+    """SIGTERM of a node with persistent sessions, one offline with queued messages and
+    one connected: the connected client is told 0x8B, both resume elsewhere with
+    session-present = 1 and every message, and the publisher on another node never sees
+    an error or a wait."""
+    cluster = start_cluster(broker_factory)
+    offline = node_clients(cluster["n3"], "offline-roamer", **PERSISTENT)
+    subscribed(offline, "leave/#", 1)
+    offline.send(disconnect())
+    offline.close()
+    online = node_clients(cluster["n3"], "online-roamer", **PERSISTENT)
+    subscribed(online, "leave/#", 1)
+    publisher = node_clients(cluster["n1"], "leave-publisher")
+    sent = [f"before {i}".encode() for i in range(5)]
+    for i, payload in enumerate(sent):
+        published_once_routed(publisher, "leave/t", payload, 1, packet_id=i + 1)
+    assert [p.payload for p in received(online, 5)] == sent
+
+    assert cluster["n3"].stop() == 0
+    closing = online.read_until_closed(timeout=10)
+    assert [(p.type, p.reason_code) for p in closing] == [(DISCONNECT, SERVER_SHUTTING_DOWN)]
+    after = [f"after {i}".encode() for i in range(5)]
+    for i, payload in enumerate(after):
+        started = time.monotonic()
+        published_once_routed(publisher, "leave/t", payload, 1, packet_id=10 + i)
+        assert time.monotonic() - started < 2.0, "the publisher waits for nothing"
+
+    back, connack = node_clients.connect(cluster["n2"], "offline-roamer", **PERSISTENT)
+    assert connack.session_present, "the session moved before the node stopped"
+    assert [p.payload for p in received(back, 10)] == sent + after, "in order, all of them"
+    again, connack = node_clients.connect(cluster["n1"], "online-roamer", **PERSISTENT)
+    assert connack.session_present
+    assert [p.payload for p in received(again, 5)] == after
+    again.assert_silent(0.5)

@@ -546,3 +546,23 @@ def test_every_command_counts_as_applied_and_the_count_survives_a_snapshot() -> 
     assert restored.applied == 4
     restored.apply(AddRoute("n2", "b", None))
     assert restored.applied == 5
+
+
+def test_a_node_that_leaves_moves_its_sessions_and_publishes_no_will() -> None:
+    """A graceful stop (NodeDown marked leaving) is no client failure: sessions re-home
+    as for a death, wills do not go out, and the node is up again with NodeUp."""
+    state = ClusterState()
+    state.apply(SetMembers(("n1", "n2", "n3")))
+    epoch = claim(state, "p", "n3", 600, (StoredSubscription("l/#", 1),)).epoch
+    state.apply(RegisterWill("p", "n3", epoch, WILL))
+    claim(state, "c", "n3")
+    state.apply(RegisterWill("c", "n3", state.owners["c"].epoch, WILL))
+
+    result = state.apply(NodeDown("n3", 10.0, 10.0, leaving=True))
+
+    assert isinstance(result, NodeDownResult)
+    assert (result.wills, result.delayed) == ((), ())
+    assert [cid for cid, _ in result.rehomed] == ["p"] and result.released == ("c",)
+    assert state.wills == {} and state.delayed_wills == {}
+    assert state.route_targets("l/x")[0] == {result.rehomed[0][1].node_id}
+    assert state.apply(NodeUp("n3")) is True and state.live_members() == ("n1", "n2", "n3")
