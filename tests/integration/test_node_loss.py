@@ -172,32 +172,30 @@ def lose_a_node(cluster: Cluster, node_clients: NodeClients, victim: str) -> Non
     print(f"{len(acked)} PUBACKs, largest gap {max(gaps):.2f} s; seen after the kill: {after}")
 
 
+def with_leader(broker_factory: Callable[..., RunningBroker]) -> tuple[Cluster, str]:
+    """Three nodes, once they have elected a Raft leader: the cluster and the leader."""
+    cluster = start_cluster(broker_factory)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        report = status(cluster["n1"])
+        if report is not None and report["leader"] is not None:
+            return cluster, report["leader"]
+        time.sleep(0.2)
+    raise AssertionError("no Raft leader within 60 s")
+
+
 def test_kill_9_of_a_follower_is_a_non_event_for_clients(
     broker_factory: Callable[..., RunningBroker], node_clients: NodeClients
 ) -> None:
-    cluster = start_cluster(broker_factory)
-    report = None
-    while report is None or report["leader"] is None:
-        report = status(cluster["n1"])
-        time.sleep(0.2)
-    victim = next(n for n in IDS if n != report["leader"])
-    try:
-        lose_a_node(cluster, node_clients, victim)
-    except BaseException:
-        for n in IDS:
-            print("=====", n, "\n".join(cluster[n].output[-60:]))
-        raise
+    cluster, leader = with_leader(broker_factory)
+    lose_a_node(cluster, node_clients, next(n for n in IDS if n != leader))
 
 
 def test_kill_9_of_the_leader_too(
     broker_factory: Callable[..., RunningBroker], node_clients: NodeClients
 ) -> None:
-    cluster = start_cluster(broker_factory)
-    report = None
-    while report is None or report["leader"] is None:
-        report = status(cluster["n1"])
-        time.sleep(0.2)
-    lose_a_node(cluster, node_clients, report["leader"])
+    cluster, leader = with_leader(broker_factory)
+    lose_a_node(cluster, node_clients, leader)
 
 
 def test_a_graceful_stop_moves_its_sessions_and_publishers_see_nothing(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from recording_waiter import RecordingWaiter as Waiter
 
 from raftmq.cluster.forwarding.frames import (
     Forwarded,
@@ -26,18 +27,6 @@ from raftmq.node.message import Message
 ME = 1001
 """This process's incarnation: acks that name another do not count."""
 PEER = 2002
-
-
-class Waiter:
-    def __init__(self) -> None:
-        self.hits = 0
-        self.failures: list[BaseException] = []
-
-    def hit(self) -> None:
-        self.hits += 1
-
-    def fail(self, exc: BaseException) -> None:
-        self.failures.append(exc)
 
 
 def encode(seq: int, ack: int, items: Sequence[Item], ack_incarnation: int) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from raft_trio import FAST, IDS, Trio, eventually
+from recording_waiter import RecordingWaiter as Answer
 
 from raftmq.cluster.forwarding.frames import Forwarded, Handover, Item
 from raftmq.cluster.forwarding.link import Waiter
@@ -452,20 +453,6 @@ async def test_a_delayed_will_of_a_dead_nodes_client_goes_out_once_when_due(
     leader = (await cluster.trio.leader()).node_id
     assert published == [(leader, "wills/d")], "once, by the leader"
     assert n1.state.delayed_wills == {}
-
-
-class Answer:
-    """A publisher's wait for one forwarded message."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.failures: list[BaseException] = []
-
-    def hit(self) -> None:
-        self.hits += 1
-
-    def fail(self, exc: BaseException) -> None:
-        self.failures.append(exc)
 
 
 async def test_what_waited_for_a_node_declared_down_goes_where_its_sessions_went(
