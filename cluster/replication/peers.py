@@ -1,7 +1,7 @@
 """What a ``RaftCluster`` runs on besides Raft: the links to its peers and its services.
 
 Protocols only, so that the cluster is tested over a loopback forwarder
-(``tests/unit/test_replicated_cluster.py``) as well as the real one.
+(``tests/unit/replicated_kit.py``) as well as the real one.
 """
 
 from __future__ import annotations

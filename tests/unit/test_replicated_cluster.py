@@ -3,7 +3,7 @@
 The brokers are stood in for by recording NodeEvents, and the forwarder by
 an in-process one that hands messages to the target node's events; what is
 real is Raft, the state machine and the reactions each node has to what the
-others commit.
+others commit (the harness: replicated_kit.py; a node's death: test_node_down_cluster.py).
 """
 
 from __future__ import annotations
@@ -11,27 +11,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from raft_trio import FAST, IDS, Trio, eventually
-from recording_waiter import RecordingWaiter as Answer
+from raft_trio import FAST, IDS, eventually
+from replicated_kit import Cluster, started
+from replicated_kit import cluster as cluster  # the fixture
 
-from raftmq.cluster.forwarding.frames import Forwarded, Handover, Item
-from raftmq.cluster.forwarding.link import Waiter
+from raftmq.cluster.forwarding.frames import Handover
 from raftmq.cluster.replication.commands import (
     ClaimClient,
-    NodeDownResult,
-    Owner,
     ReleaseClient,
     RetainedRecord,
     SetRetained,
     WillRecord,
 )
-from raftmq.cluster.replication.raft import RaftOptions
-from raftmq.cluster.replication.replicated import RaftCluster
 from raftmq.node.hooks import (
     Claim,
     ClusterUnavailable,
@@ -44,193 +38,6 @@ from raftmq.node.packets import Will
 from raftmq.node.session import Delivery, Outgoing, Subscription
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class RecordingNode:
-    """NodeEvents that remember what the cluster asked; ``sessions`` are what
-    ``release_session`` gives up."""
-
-    def __init__(self) -> None:
-        self.kicks: list[tuple[str, int]] = []
-        self.surrendered: list[tuple[str, int, bool]] = []
-        self.sessions: dict[str, SessionMessages] = {}
-        self.forwarded: list[Message] = []
-        self.retained: dict[str, Message] = {}
-        self.retained_calls: list[tuple[str, Message | None]] = []
-        self.adopted: list[tuple[str, int, SessionTransfer]] = []
-        self.late: list[tuple[str, SessionMessages]] = []
-        self.not_yet_taken: set[str] = set()
-        self.hooks: RaftCluster | None = None
-
-    def kick_client(self, client_id: str, epoch: int) -> None:
-        self.kicks.append((client_id, epoch))
-
-    def deliver_forwarded(self, message: Message) -> None:
-        self.forwarded.append(message)
-
-    def publish_will(self, will: Will) -> None:
-        """As a broker publishes one: here, to the routes, and retained when asked."""
-        assert self.hooks is not None
-        message = Message.create(will.topic, will.payload, will.qos, will.retain, will.properties)
-        self.deliver_forwarded(message)
-        self.hooks.forward(message)
-        if will.retain:
-            asyncio.get_running_loop().create_task(self.hooks.set_retained(will.topic, message))
-
-    def apply_retained(self, topic: str, message: Message | None) -> None:
-        self.retained_calls.append((topic, message))
-        if message is None:
-            self.retained.pop(topic, None)
-        else:
-            self.retained[topic] = message
-
-    def surrender_session(self, client_id: str, epoch: int, resumed: bool) -> bool:
-        self.surrendered.append((client_id, epoch, resumed))
-        return resumed and client_id in self.sessions
-
-    def release_session(self, client_id: str, final: bool) -> SessionMessages | None:
-        return self.sessions.pop(client_id, None) if final else SessionMessages()
-
-    def take_late_handover(self, client_id: str, messages: SessionMessages) -> bool:
-        if client_id in self.not_yet_taken:
-            return False  # its CONNECT has not taken the session here yet
-        self.late.append((client_id, messages))
-        return True
-
-    def adopt_session(self, client_id: str, epoch: int, transfer: SessionTransfer) -> None:
-        self.adopted.append((client_id, epoch, transfer))
-
-
-@dataclass
-class LoopbackForwarder:
-    """Hands each message to the target nodes' events, kicks and hand-overs to their
-    clusters as peers' frames, and records who sent what where."""
-
-    nodes: dict[str, RecordingNode] = field(default_factory=dict)
-    clusters: dict[str, RaftCluster] = field(default_factory=dict)
-    sent: list[tuple[tuple[str, ...], str, dict[str, tuple[RouteKey, ...]]]] = field(
-        default_factory=list
-    )
-    handovers: list[tuple[str, Handover]] = field(default_factory=list)
-    held: dict[str, list[tuple[Item, Waiter | None]]] = field(default_factory=dict)
-    """Per peer, what its link holds, handed back when the peer is declared down."""
-
-    def start(self, inbox: RaftCluster) -> None:
-        self.clusters[inbox.node_id] = inbox
-
-    async def stop(self) -> None:
-        return None
-
-    def kick(self, node_id: str, client_id: str, epoch: int) -> asyncio.Future[None]:
-        self.clusters[node_id].kick_from_peer("?", client_id, epoch)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
-        self.handovers.append((node_id, handover))
-        self.clusters[node_id].handover_from_peer("?", handover)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    def declared_down(self, node_id: str) -> list[tuple[Item, Waiter | None]]:
-        return self.held.pop(node_id, [])
-
-    def send(
-        self,
-        node_ids: Collection[str],
-        message: Message,
-        shared_groups: Mapping[str, tuple[RouteKey, ...]] | None = None,
-    ) -> asyncio.Future[None]:
-        self.sent.append((tuple(node_ids), message.topic, dict(shared_groups or {})))
-        for node_id in node_ids:
-            self.nodes[node_id].deliver_forwarded(message)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-@dataclass
-class NodeLinks:
-    """One node's side of the loopback forwarder: a barrier's answer names who asked."""
-
-    forwarder: LoopbackForwarder
-    node_id: str
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.forwarder, name)
-
-    def barrier(self, node_id: str, token: int, applied: int) -> None:
-        peer = self.forwarder.clusters.get(node_id)
-        if peer is not None and peer.raft.running:
-            peer.barrier_from_peer(self.node_id, token, applied)
-
-    def reply_barrier(self, node_id: str, token: int) -> None:
-        self.forwarder.clusters[node_id].barrier_reply_from_peer(self.node_id, token)
-
-    def hand_over(self, node_id: str, handover: Handover) -> asyncio.Future[None]:
-        """As over a stream: handled once the receiver has applied what the sender had."""
-        self.forwarder.handovers.append((node_id, handover))
-        receiver = self.forwarder.clusters[node_id]
-        applied = self.forwarder.clusters[self.node_id].applied_count()
-
-        async def deliver() -> None:
-            await receiver.catch_up(applied)
-            receiver.handover_from_peer(self.node_id, handover)
-
-        return asyncio.ensure_future(deliver())
-
-
-@dataclass
-class Cluster:
-    trio: Trio
-    forwarder: LoopbackForwarder
-    hooks: dict[str, RaftCluster] = field(default_factory=dict)
-    nodes: dict[str, RecordingNode] = field(default_factory=dict)
-
-    def add(self, node_id: str) -> RaftCluster:
-        """A RaftCluster for ``node_id`` on a new RaftNode (its data dir is kept)."""
-        links = NodeLinks(self.forwarder, node_id)
-        hooks = RaftCluster(self.trio.make(node_id), links, members=IDS)  # type: ignore[arg-type]
-        node = self.forwarder.nodes[node_id] = self.nodes[node_id] = RecordingNode()
-        hooks.attach(node)
-        node.hooks = self.hooks[node_id] = hooks
-        return hooks
-
-    async def start(self, *ids: str) -> None:
-        for node_id in ids or IDS:
-            await self.add(node_id).start()
-        await self.trio.leader(among=ids or IDS)
-        await eventually(
-            lambda: all(h.state.members == IDS for h in self.running()), 10, "members committed"
-        )
-
-    def running(self) -> list[RaftCluster]:
-        return [h for h in self.hooks.values() if h.raft.running]
-
-    async def stop(self, *ids: str) -> None:
-        for node_id in ids or tuple(self.hooks):
-            await self.hooks[node_id].stop()
-
-
-async def started(tmp_path: Path, options: RaftOptions = FAST) -> Cluster:
-    cluster = Cluster(Trio(tmp_path, options), LoopbackForwarder())
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
-    return cluster
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    running = await started(tmp_path)
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def test_a_claim_elsewhere_kicks_the_client_here(cluster: Cluster) -> None:
@@ -394,117 +201,6 @@ async def test_share_groups_get_one_node_each_preferring_a_local_member(cluster:
     ], "n3 always gets it for its plain subscriber, and serves g only when picked"
     n2.forward(message)
     assert forwarder.sent[-1] == (("n3",), "j/1", {}), "g is served on n2 itself"
-
-
-async def test_node_down_publishes_wills_and_rehomes_sessions(cluster: Cluster) -> None:
-    n1, n2, n3 = (cluster.hooks[n] for n in IDS)
-    await n2.add_route(None, "wills/#")
-    await n3.claim_client("c9")
-    await n3.register_will("c9", Will("wills/c9", b"c9 lost", 1, True))
-    persistent = await n3.claim_client("p1", clean_start=False, expiry_interval=600)
-    await n3.save_subscriptions("p1", persistent.epoch, {"p/#": Subscription("p/#", 1)})
-
-    result = await n1.node_down("n3")
-
-    assert isinstance(result, NodeDownResult)
-    assert [cid for cid, _ in result.wills] == ["c9"]
-    ((client_id, home),) = result.rehomed
-    assert client_id == "p1" and home.node_id in ("n1", "n2")
-    await eventually(lambda: cluster.nodes["n1"].forwarded, 5, "n1 published the will")
-    will = cluster.nodes["n1"].forwarded[0]
-    assert (will.topic, will.payload, will.qos, will.retain) == ("wills/c9", b"c9 lost", 1, True)
-    assert (("n2",), "wills/c9", {}) in cluster.forwarder.sent
-    await eventually(
-        lambda: all("wills/c9" in cluster.nodes[n].retained for n in IDS), 5, "retained will"
-    )
-    adopted = cluster.nodes[home.node_id].adopted
-    await eventually(lambda: adopted, 5, "adopted")
-    assert [
-        (cid, epoch, t.expiry_interval, list(t.subscriptions)) for cid, epoch, t in adopted
-    ] == [("p1", home.epoch, 600, ["p/#"])]
-    kicked = cluster.nodes["n3"].kicks
-    await eventually(lambda: ("c9", result.fence_epoch) in kicked, 5, "n3 drops its clients")
-    assert ("p1", result.fence_epoch) in kicked
-    assert n2.state.owners.get("p1") == Owner(home.node_id, home.epoch)
-    # n3 was alive all along: it learns it was declared down, gives up what it held,
-    # and rejoins as a live member.
-    await eventually(lambda: n1.status().down == (), 5, "n3 rejoined")
-    assert n2.state.owners.get("p1") == Owner(home.node_id, home.epoch), "not resurrected"
-
-
-async def test_a_delayed_will_of_a_dead_nodes_client_goes_out_once_when_due(
-    cluster: Cluster,
-) -> None:
-    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
-    await n3.claim_client("d", clean_start=False, expiry_interval=600)
-    delayed = Will("wills/d", b"d gone", 1, False, {"will_delay_interval": 1})
-    await n3.register_will("d", delayed)
-    started = time.time()
-
-    result = await n1.node_down("n3", last_seen=started)
-
-    assert result.wills == () and result.delayed == ("d",)
-    published = [(n, m) for n in IDS for m in cluster.nodes[n].forwarded]
-    assert published == [], "not before its delay"
-    await eventually(lambda: any(cluster.nodes[n].forwarded for n in IDS), 5, "fired")
-    assert time.time() - started >= 1.0
-    await asyncio.sleep(0.6)  # a few more leader polls
-    published = [(n, m.topic) for n in IDS for m in cluster.nodes[n].forwarded]
-    leader = (await cluster.trio.leader()).node_id
-    assert published == [(leader, "wills/d")], "once, by the leader"
-    assert n1.state.delayed_wills == {}
-
-
-async def test_what_waited_for_a_node_declared_down_goes_where_its_sessions_went(
-    cluster: Cluster,
-) -> None:
-    """A publisher held back for a dead node is answered only once what it published
-    reached the dead node's persistent sessions at their new homes; what matched only
-    clean sessions there is done."""
-    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
-    persistent = await n3.claim_client("p", clean_start=False, expiry_interval=600)
-    subs = {"r/#": Subscription("r/#", 1), "r/+/x": Subscription("r/+/x", 2)}
-    await n3.save_subscriptions("p", persistent.epoch, subs)
-    answers = [Answer(), Answer(), Answer()]
-    messages = [Message.create(t, t.encode(), 2, False) for t in ("r/a/x", "other", "r/b")]
-    cluster.forwarder.held["n3"] = list(zip(map(Forwarded, messages), answers, strict=True))
-
-    result = await n1.node_down("n3")
-
-    ((_, home),) = result.rehomed
-    late = cluster.nodes[home.node_id].late
-    await eventually(lambda: late, 5, "handed to the new home")
-    assert [(cid, [(d.message.topic, d.qos) for d in m.queued]) for cid, m in late] == [
-        ("p", [("r/a/x", 2), ("r/b", 1)])
-    ], "one copy per session, at its best QoS, in order; 'other' matched nothing"
-    await eventually(lambda: all(a.hits for a in answers), 5, "publishers answered")
-    assert [(a.hits, a.failures) for a in answers] == [(1, [])] * 3
-    assert sum(h.rehoming.rehomed_messages for h in cluster.hooks.values()) == 2
-
-
-async def test_what_waited_for_a_dead_node_reaches_a_session_claimed_from_it_meanwhile(
-    cluster: Cluster,
-) -> None:
-    """Found by the fault campaign: a client whose node was cut off reconnected elsewhere
-    before that node was declared down, so NodeDown re-homed nothing; what had waited
-    for the cut-off node matched no re-homed session and was answered, never delivered."""
-    n1, n3 = cluster.hooks["n1"], cluster.hooks["n3"]
-    first = await n3.claim_client("q", clean_start=False, expiry_interval=600)
-    await n3.save_subscriptions("q", first.epoch, {"s/#": Subscription("s/#", 1)})
-    await n1.claim_client("q", clean_start=False, expiry_interval=600)  # n3 out of reach
-    answer = Answer()
-    message = Message.create("s/1", b"waited for n3", 1, False)
-    cluster.forwarder.held["n3"] = [(Forwarded(message), answer)]
-
-    result = await n1.node_down("n3")
-
-    assert result.rehomed == ()
-    late = cluster.nodes["n1"].late
-    await eventually(lambda: late, 5, "handed to the session's owner now")
-    assert [(cid, [d.message.payload for d in m.queued]) for cid, m in late] == [
-        ("q", [b"waited for n3"])
-    ]
-    await eventually(lambda: answer.hits, 5, "answered")
 
 
 async def test_a_claim_that_commits_after_connect_gave_up_is_released(tmp_path: Path) -> None:
